@@ -1,0 +1,1 @@
+"""The rusteeze command-line interface (installed as rusteeze.commands)."""

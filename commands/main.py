@@ -1,0 +1,26 @@
+"""The `rusteeze` Typer application: one file per subcommand, registered here."""
+
+import typer
+
+from rusteeze import __version__
+
+app = typer.Typer(
+    name="rusteeze",
+    help="Run LLMs locally: pull, quantize, chat, bench and serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rusteeze {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Run LLMs locally: pull, quantize, chat, bench and serve."""

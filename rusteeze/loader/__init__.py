@@ -1,0 +1,1 @@
+"""Model loading: HF directories (safetensors), GGUF files, the local store."""

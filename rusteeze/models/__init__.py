@@ -1,0 +1,1 @@
+"""Model architectures: the registry and the Llama-family decoder."""
