@@ -12,12 +12,13 @@ the first time a Triton op is actually called.
 """
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+
+from rusteeze.kernels import torch_ops
 
 from rusteeze.errors import KernelError
-from rusteeze.kernels import torch_ops
 
 OP_NAMES = (
     "rms_norm",
