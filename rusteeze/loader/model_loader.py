@@ -1,0 +1,123 @@
+"""Load a model (weights, config, tokenizer, generation defaults) from a path or an EngineConfig."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rusteeze.config import EngineConfig
+from rusteeze.errors import ModelNotFoundError
+from rusteeze.kernels import get_ops
+from rusteeze.loader.gguf_loader import iter_gguf_tensors, model_config_from_gguf, open_gguf
+from rusteeze.loader.hf_config import generation_defaults, model_config_from_hf, read_json
+from rusteeze.loader.safetensors_loader import iter_safetensors, safetensors_files
+from rusteeze.models.config import ModelConfig
+from rusteeze.models.registry import build_model
+from rusteeze.models.weights import load_weights
+from rusteeze.tokenizer import Tokenizer
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with everything needed to talk to it.
+
+    Attributes:
+        model: the nn.Module in eval mode.
+        config: its ModelConfig.
+        tokenizer: the tokenizer (with chat template, when the model has one).
+        generation_defaults: sampling defaults from generation_config.json.
+        path: the file or directory it was loaded from.
+        dtype: the weights' dtype.
+        device: where the weights live.
+        load_seconds: wall time of the load.
+    """
+
+    model: nn.Module
+    config: ModelConfig
+    tokenizer: Tokenizer
+    generation_defaults: dict[str, Any]
+    path: Path
+    dtype: torch.dtype
+    device: torch.device
+    load_seconds: float = field(default=0.0)
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" → CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: str) -> torch.dtype:
+    """ "auto" → float32 on CPU (no fast 16-bit matmul there), else the checkpoint's 16-bit type."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if checkpoint_dtype == "bfloat16" else torch.float16
+
+
+def load_model_from_path(
+    path: str | Path,
+    dtype: str = "auto",
+    device: str = "auto",
+    kernel_backend: str = "auto",
+    max_model_len: int | None = None,
+) -> LoadedModel:
+    """Load an HF directory (safetensors) or a .gguf file.
+
+    Raises:
+        ModelNotFoundError: the path does not exist or holds no model.
+        ModelLoadError / UnsupportedModelError: see the loaders.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    dev = resolve_device(device)
+    if path.is_file() and path.suffix == ".gguf":
+        reader = open_gguf(path)
+        cfg = model_config_from_gguf(reader, path)
+        from rusteeze.loader.gguf_tokenizer import tokenizer_from_gguf
+
+        tokenizer = tokenizer_from_gguf(reader, path)
+        defaults: dict[str, Any] = {}
+        weights = iter_gguf_tensors(reader, cfg, path)
+    elif path.is_dir() and (path / "config.json").exists():
+        cfg = model_config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+        tokenizer = Tokenizer.from_dir(path)
+        defaults = generation_defaults(path / "generation_config.json")
+        weights = iter_safetensors(safetensors_files(path))
+    else:
+        raise ModelNotFoundError(f"{path} is neither a .gguf file nor a directory with config.json")
+    torch_dtype = resolve_dtype(dtype, dev, cfg.torch_dtype)
+    model = build_model(cfg, get_ops(kernel_backend), torch_dtype, dev, max_positions=max_model_len)
+    load_weights(model, weights)
+    return LoadedModel(
+        model=model,
+        config=cfg,
+        tokenizer=tokenizer,
+        generation_defaults=defaults,
+        path=path,
+        dtype=torch_dtype,
+        device=dev,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    """Resolve ``config.model`` (path, store name, cached hub id or the default) and load it."""
+    from rusteeze.loader.resolve import resolve_model
+
+    resolved = resolve_model(config.model)
+    return load_model_from_path(
+        resolved.path,
+        dtype=config.dtype,
+        device=config.device,
+        kernel_backend=config.kernel_backend,
+        max_model_len=config.max_model_len,
+    )

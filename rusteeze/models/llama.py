@@ -1,0 +1,176 @@
+"""The Llama-family decoder: Llama, Mistral, Qwen2 and Qwen3 by config switches.
+
+Differences handled here: GQA (all), rope scaling (Llama 3), sliding-window
+attention (Mistral), q/k/v bias (Qwen2), per-head q/k RMSNorm (Qwen3) and
+tied embeddings. The forward pass takes a flat, unpadded batch plus
+:class:`AttentionMetadata`; every hot op goes through ``rusteeze.kernels``.
+"""
+
+import torch
+from torch import nn
+
+from rusteeze.kernels import Ops
+from rusteeze.models.attention import AttentionMetadata
+from rusteeze.models.config import ModelConfig
+from rusteeze.models.rotary import cos_sin_cache
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned scale; optionally fused with the residual add."""
+
+    def __init__(self, size: int, eps: float, ops: Ops) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [T, H]; when ``residual`` is given it becomes ``residual + x`` in place."""
+        if residual is None:
+            return self.ops.rms_norm(x, self.weight, self.eps)
+        return self.ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with GQA over the paged KV cache."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.sliding_window = cfg.sliding_window
+        self.ops = ops
+        # q, k and v share one matmul: rows [0, q) are q, then k, then v.
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """positions: [T], x: [T, H], rope: [P, D] cos|sin table → [T, H]."""
+        t = x.shape[0]
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hk) D]
+        q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.reshape(t, self.num_heads, self.head_dim)  # [T, Hq, D] (copy: split views are not contiguous)
+        k = k.reshape(t, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
+        v = v.reshape(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(t, self.num_heads, self.head_dim)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(t, self.num_kv_heads, self.head_dim)
+        self.ops.rotary_embedding(positions, q, k, rope, True)
+        k_cache, v_cache = kv_cache
+        self.ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = self.ops.paged_attention(
+            q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, self.scale, self.sliding_window
+        )  # [T, Hq, D]
+        return self.o_proj(out.reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)) with gate and up fused."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, H] → [T, H]."""
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block; the residual stream is carried separately and updated in place."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        self.self_attn = Attention(cfg, ops)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        self.mlp = MLP(cfg, ops)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: torch.Tensor,
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden, residual: [T, H] → (block output, residual stream)."""
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, rope, kv_cache, meta)
+        hidden = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder-only transformer of the Llama family over a paged KV cache."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops, max_positions: int | None = None) -> None:
+        super().__init__()
+        self.config = cfg
+        self.ops = ops
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.max_positions = max(max_positions or 0, cfg.max_position_embeddings)
+        self.rope = torch.empty(0)  # [P, D] filled by build_rope() once the device is known
+
+    def build_rope(self, device: torch.device | str) -> None:
+        """Compute the [P, D] cos|sin table on ``device`` (after weights are materialized)."""
+        cfg = self.config
+        self.rope = cos_sin_cache(cfg.head_dim, self.max_positions, cfg.rope_theta, cfg.rope_scaling, device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Run the decoder over a flat batch.
+
+        Args:
+            input_ids: [T] int64 token ids.
+            positions: [T] int64 absolute positions.
+            kv_caches: one (k_cache, v_cache) per layer, each
+                [num_blocks, block_size, Hk, D]; the new tokens' K/V are written.
+            meta: where the tokens sit in the cache (see AttentionMetadata).
+
+        Returns:
+            [T, H] final hidden states (normalized).
+        """
+        hidden = self.embed_tokens(input_ids)  # [T, H]
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden, residual = layer(positions, hidden, residual, self.rope, kv_cache, meta)
+        return self.norm(hidden, residual)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, H] → [N, V] float32 logits."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight).float()
