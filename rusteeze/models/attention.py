@@ -56,7 +56,7 @@ def contiguous_metadata(
     tables = torch.zeros(len(prompt_lens), max_blocks, dtype=torch.int32)
     slots = []
     first = 0
-    for b, (n, nb) in enumerate(zip(prompt_lens, blocks_per_seq)):
+    for b, (n, nb) in enumerate(zip(prompt_lens, blocks_per_seq, strict=True)):
         tables[b, :nb] = torch.arange(first, first + nb, dtype=torch.int32)
         slots.append(torch.arange(n) + first * block_size)
         first += nb

@@ -166,7 +166,7 @@ class LlamaForCausalLM(nn.Module):
         """
         hidden = self.embed_tokens(input_ids)  # [T, H]
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, self.rope, kv_cache, meta)
         return self.norm(hidden, residual)
 
