@@ -47,3 +47,25 @@ def hf_smollm2_tokenizer(smollm2_gguf_path):
     return transformers.AutoTokenizer.from_pretrained(
         os.path.dirname(smollm2_gguf_path), gguf_file=os.path.basename(smollm2_gguf_path)
     )
+
+
+# --- tiny random Llama-family models in HF layout ---------------------------------------------------
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tiny_models import build_model_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict:
+    """{arch: directory} of tiny random llama / mistral / qwen2 / qwen3 models with a ChatML tokenizer."""
+    from tiny_models import ARCHITECTURES
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {arch: build_model_dir(root / arch, arch, seed=i) for i, arch in enumerate(ARCHITECTURES)}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model_dirs):
+    """The tiny random Llama model's directory."""
+    return tiny_model_dirs["llama"]
