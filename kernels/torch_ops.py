@@ -210,6 +210,10 @@ def _decode_attention(
     mask = k_pos < lens.unsqueeze(1)  # [B, L]
     if sliding_window is not None:
         mask &= k_pos >= (lens - sliding_window).unsqueeze(1)
+    # Padding slots (past a shorter context) hold whatever the cache held, maybe NaN:
+    # zero them, since a masked score still multiplies its value (0 · NaN = NaN).
+    k = k.masked_fill(~mask[:, :, None, None], 0)
+    v = v.masked_fill(~mask[:, :, None, None], 0)
     qb = q[rows]  # [B, Hq, D]
     o = F.scaled_dot_product_attention(
         qb.unsqueeze(2),  # [B, Hq, 1, D]
