@@ -1,6 +1,9 @@
 """The `rusteeze` Typer application: one file per subcommand, registered here."""
 
 import typer
+from rusteeze.commands.list_models import list_models
+from rusteeze.commands.pull import pull
+from rusteeze.commands.rm import rm
 
 from rusteeze import __version__
 
@@ -24,3 +27,8 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Run LLMs locally: pull, quantize, chat, bench and serve."""
+
+
+app.command("pull")(pull)
+app.command("list")(list_models)
+app.command("rm")(rm)
