@@ -69,3 +69,9 @@ def tiny_model_dirs(tmp_path_factory) -> dict:
 def tiny_llama_dir(tiny_model_dirs):
     """The tiny random Llama model's directory."""
     return tiny_model_dirs["llama"]
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_llama_dir(tmp_path_factory):
+    """A tiny random Llama without rope scaling (what a plain GGUF conversion describes)."""
+    return build_model_dir(tmp_path_factory.mktemp("plain_llama"), "llama", seed=7, rope_scaling=None)

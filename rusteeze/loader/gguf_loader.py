@@ -174,4 +174,7 @@ def iter_gguf_tensors(reader: GGUFReader, cfg: ModelConfig, path: Path) -> Itera
             w = unpermute_qk(w, cfg.num_attention_heads)
         elif arch in _PERMUTED and t.name.endswith(("attn_k.weight", "attn_k.bias")):
             w = unpermute_qk(w, cfg.num_key_value_heads)
-        yield name, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if not w.flags.writeable:  # F32 tensors are views of the read-only memory map
+            w = w.copy()
+        yield name, torch.from_numpy(w)
