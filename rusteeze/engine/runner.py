@@ -1,0 +1,122 @@
+"""ModelRunner: one scheduled step → flat tensors → one forward → sampled tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from rusteeze.engine.kv_cache import KVCache
+from rusteeze.engine.sampler import Logprobs, SamplingBatch, gather_logprobs, sample
+from rusteeze.engine.scheduler import SchedulerOutput
+from rusteeze.models.attention import AttentionMetadata
+
+
+@dataclass
+class RunnerOutput:
+    """Per scheduled sequence (in schedule order): sampled token and its logprobs, or None."""
+
+    sampled: list[int | None]
+    logprobs: list[Logprobs | None]
+
+
+class ModelRunner:
+    """Runs the model over the paged KV cache, one forward pass per step.
+
+    Args:
+        model: the decoder (``forward(input_ids, positions, kv_caches, meta)``
+            and ``compute_logits(hidden)``).
+        kv_caches: one (k_cache, v_cache) per layer.
+        block_size: tokens per block.
+        vocab_size: logits width V.
+        device: where the model and the cache live.
+    """
+
+    def __init__(
+        self, model: nn.Module, kv_caches: list[KVCache], block_size: int, vocab_size: int, device: torch.device
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+        self.device = device
+
+    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Flat batch of the step.
+
+        Returns:
+            input_ids [T] int64, positions [T] int64, and the AttentionMetadata.
+        """
+        bs, scheduled = self.block_size, out.scheduled
+        ids, pos, slots = [], [], []
+        q_lens = np.array([s.num_new_tokens for s in scheduled], dtype=np.int32)  # [B]
+        max_blocks = max(len(s.seq.block_table) for s in scheduled)
+        tables = np.zeros((len(scheduled), max_blocks), dtype=np.int32)  # [B, max_blocks]
+        for b, s in enumerate(scheduled):
+            table = np.asarray(s.seq.block_table, dtype=np.int64)
+            p = np.arange(s.start, s.start + s.num_new_tokens, dtype=np.int64)  # [q_len]
+            ids.append(s.seq.token_ids[s.start : s.start + s.num_new_tokens])
+            pos.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+            # Released (sliding-window) blocks are -1; attention masks them, so any valid id does.
+            tables[b, : len(table)] = np.maximum(table, 0)
+        cu = np.zeros(len(scheduled) + 1, dtype=np.int32)  # [B + 1]
+        np.cumsum(q_lens, out=cu[1:])
+        seq_lens = np.array([s.start + s.num_new_tokens for s in scheduled], dtype=np.int32)  # [B]
+        dev = self.device
+        meta = AttentionMetadata(
+            cu_seqlens_q=torch.from_numpy(cu).to(dev),
+            seq_lens=torch.from_numpy(seq_lens).to(dev),
+            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev),
+            block_tables=torch.from_numpy(tables).to(dev),
+        )
+        input_ids = torch.tensor([t for chunk in ids for t in chunk], dtype=torch.long, device=dev)
+        return input_ids, torch.from_numpy(np.concatenate(pos)).to(dev), meta
+
+    @torch.inference_mode()
+    def run(self, out: SchedulerOutput) -> RunnerOutput:
+        """Compute the step, sample, and record prompt logprobs.
+
+        Logits are computed only for the last token of each sequence that
+        reaches its end this step, plus, for requests asking for
+        ``prompt_logprobs``, the prompt positions not yet scored (those are
+        appended to ``seq.prompt_logprobs`` here, so a recomputation after
+        preemption does not score them twice).
+        """
+        scheduled = out.scheduled
+        input_ids, positions, meta = self.prepare(out)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
+        offsets = meta.cu_seqlens_q.tolist()
+        sample_rows = [offsets[b + 1] - 1 for b, s in enumerate(scheduled) if s.samples]
+        prompt_rows, prompt_targets, prompt_owners = [], [], []
+        for b, s in enumerate(scheduled):
+            seq = s.seq
+            if seq.prompt_logprobs is None:
+                continue
+            # Row of position p scores token p + 1; positions already scored are skipped.
+            first = max(s.start, len(seq.prompt_logprobs) - 1)
+            last = min(s.start + s.num_new_tokens, seq.num_prompt_tokens - 1)
+            for p in range(first, last):
+                prompt_rows.append(offsets[b] + p - s.start)
+                prompt_targets.append(seq.token_ids[p + 1])
+                prompt_owners.append(seq)
+        rows = torch.tensor(sample_rows + prompt_rows, dtype=torch.long, device=self.device)
+        logits = self.model.compute_logits(hidden[rows])  # [N, V] float32
+        sampling = [s.seq for s in scheduled if s.samples]
+        tokens: list[int] = []
+        logprobs: list[Logprobs | None] = []
+        if sampling:
+            batch = SamplingBatch.from_sequences(sampling, self.vocab_size, self.device)
+            tok, logprobs = sample(logits[: len(sampling)], batch)
+            tokens = tok.tolist()
+        if prompt_rows:
+            targets = torch.tensor(prompt_targets, dtype=torch.long, device=self.device)
+            num = [seq.params.prompt_logprobs for seq in prompt_owners]
+            for seq, entry in zip(prompt_owners, gather_logprobs(logits[len(sampling) :], targets, num), strict=True):
+                seq.prompt_logprobs.append(entry)
+        it_tok, it_lp = iter(tokens), iter(logprobs)
+        sampled = [next(it_tok) if s.samples else None for s in scheduled]
+        lps = [next(it_lp) if s.samples else None for s in scheduled]
+        return RunnerOutput(sampled, lps)
