@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from rusteeze.kernels import torch_ops
-
 from rusteeze.errors import KernelError
+from rusteeze.kernels import torch_ops
 
 OP_NAMES = (
     "rms_norm",

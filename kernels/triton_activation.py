@@ -9,9 +9,9 @@ Memory traffic per token, ``e`` bytes per element: read ``2I·e``, write ``I·e`
 import torch
 import triton
 import triton.language as tl
-from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 BLOCK = 1024
 

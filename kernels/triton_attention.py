@@ -36,9 +36,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from rusteeze.kernels.triton_checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256

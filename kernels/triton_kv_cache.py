@@ -12,9 +12,9 @@ cache elements, read one slot index.
 import torch
 import triton
 import triton.language as tl
-from rusteeze.kernels.triton_checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 
 
 @triton.jit

@@ -21,9 +21,9 @@ weight reads): int8 reads ``N·K`` bytes of weights, int4 ``N·K/2`` bytes plus
 import torch
 import triton
 import triton.language as tl
-from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 ACT_DTYPES = FLOAT_DTYPES
 

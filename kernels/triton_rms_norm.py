@@ -11,9 +11,9 @@ Memory traffic per row, with ``e`` bytes per element:
 import torch
 import triton
 import triton.language as tl
-from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 MAX_HIDDEN = 65536  # one row must fit in one program's registers
 

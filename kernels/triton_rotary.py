@@ -17,9 +17,9 @@ Memory traffic per token, ``e`` bytes per element: read and write
 import torch
 import triton
 import triton.language as tl
-from rusteeze.kernels.triton_checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, INDEX_DTYPES, check_same_device, check_tensor
 
 
 @triton.jit

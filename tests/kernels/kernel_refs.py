@@ -9,6 +9,7 @@ bf16 runs only on CUDA, where the interpreter is not involved.
 
 import pytest
 import torch
+
 from rusteeze.kernels import torch_ops, triton_ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

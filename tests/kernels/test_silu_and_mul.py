@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 from kernel_refs import DEVICE, DTYPES, assert_close, backends, randn
-from rusteeze.kernels import triton_ops
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels import triton_ops
 
 
 def reference_silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from kernel_refs import DEVICE, DTYPES, backends, randn
-from rusteeze.kernels import triton_ops
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels import triton_ops
 
 
 def reference_store(key, value, k_cache, v_cache, slots) -> tuple[torch.Tensor, torch.Tensor]:
