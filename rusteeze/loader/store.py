@@ -307,7 +307,8 @@ def default_name(source: Path) -> str:
         stem = source.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
     else:
         stem = source.name
-    return re.sub(r"[^\w./-]+", "-", stem).strip("-.") or "model"
+    name = re.sub(r"-*([./])-*", r"\1", re.sub(r"[^\w./-]+", "-", stem))  # "My Model (v2).Q4" → "My-Model-v2.Q4"
+    return name.strip("-.") or "model"
 
 
 def _files_to_import(source: Path) -> list[Path]:
