@@ -53,7 +53,7 @@ def _find_sequence(
     BLOCK_Q: tl.constexpr,  # query tokens per tile
 ):
     """Largest b in [0, B) with ``cu_q[b] // BLOCK_Q + b <= target`` (binary search)."""
-    lo = 0
+    lo: tl.int32 = 0
     hi = num_seqs
     while lo < hi:
         mid = (lo + hi) // 2
