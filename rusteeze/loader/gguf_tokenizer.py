@@ -199,6 +199,13 @@ def _merges(meta: _Metadata) -> list[tuple[str, str]] | None:
     return out
 
 
+def _bpe(meta: _Metadata, **kwargs: Any) -> models.BPE:
+    try:
+        return models.BPE(**kwargs)
+    except Exception as e:  # the Rust side raises a plain Exception, e.g. a merge of unknown tokens
+        raise ModelLoadError(f"{meta.path}: GGUF metadata keys 'tokenizer.ggml.tokens'/'.merges' disagree: {e}") from e
+
+
 def _byte_level_bpe(meta: _Metadata, tokens: list[str]) -> tuple[Backend, list[str]]:
     """GPT-2 style BPE; returns the backend and each token as the vocabulary spells it."""
     table = _bytes_to_unicode()
@@ -209,15 +216,15 @@ def _byte_level_bpe(meta: _Metadata, tokens: list[str]) -> tuple[Backend, list[s
     if merges is None:
         raise ModelLoadError(f"{meta.path}: GGUF metadata key 'tokenizer.ggml.merges' is missing (needed for 'gpt2')")
     pre = meta.get("tokenizer.ggml.pre", str, default="default")
-    backend = Backend(
-        models.BPE(
-            vocab={t: i for i, t in enumerate(spelled)},
-            merges=merges,
-            fuse_unk=False,
-            byte_fallback=False,
-            ignore_merges=pre in _IGNORE_MERGES_PRES,
-        )
+    bpe = _bpe(
+        meta,
+        vocab={t: i for i, t in enumerate(spelled)},
+        merges=merges,
+        fuse_unk=False,
+        byte_fallback=False,
+        ignore_merges=pre in _IGNORE_MERGES_PRES,
     )
+    backend = Backend(bpe)
     if pre in _PRE_SPLITS:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
             [
@@ -264,11 +271,8 @@ def _sentencepiece_bpe(meta: _Metadata, tokens: list[str], unk: str | None) -> B
                 f"for {len(tokens)} tokens"
             )
         merges = _sentencepiece_merges(tokens, scores)
-    backend = Backend(
-        models.BPE(
-            vocab={t: i for i, t in enumerate(tokens)}, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True
-        )
-    )
+    vocab = {t: i for i, t in enumerate(tokens)}
+    backend = Backend(_bpe(meta, vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     prefix_space = meta.get("tokenizer.ggml.add_space_prefix", bool, default=True)
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if prefix_space else "never", split=False

@@ -225,6 +225,12 @@ def test_bad_merge_entry(tmp_path):
         load(path)
 
 
+def test_merge_of_unknown_tokens(tmp_path):
+    path = write_gguf(tmp_path / "x.gguf", model="gpt2", merges=["zz qq"])
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.ggml\.tokens'/'\.merges' disagree"):
+        load(path)
+
+
 def test_eos_id_out_of_range(tmp_path):
     path = write_gguf(tmp_path / "x.gguf", eos=10_000)
     with pytest.raises(ModelLoadError, match=r"tokenizer\.ggml\.eos_token_id.*10000"):
