@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rusteeze.commands.common import Debug, cli_errors, stderr_console
 
+from rusteeze.commands.common import Debug, cli_errors, stderr_console
 from rusteeze.loader.model_info import human_parameters, human_size
 from rusteeze.loader.store import ModelStore
 

@@ -1,11 +1,11 @@
 """The `rusteeze` Typer application: one file per subcommand, registered here."""
 
 import typer
+
+from rusteeze import __version__
 from rusteeze.commands.list_models import list_models
 from rusteeze.commands.pull import pull
 from rusteeze.commands.rm import rm
-
-from rusteeze import __version__
 
 app = typer.Typer(
     name="rusteeze",

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-from rusteeze.commands.common import Debug, cli_errors, stderr_console
 
+from rusteeze.commands.common import Debug, cli_errors, stderr_console
 from rusteeze.loader.model_info import human_parameters, human_size
 from rusteeze.loader.resolve import pull_model
 from rusteeze.loader.store import StoreEntry
@@ -19,7 +19,8 @@ def pull(
     model: Annotated[
         str,
         typer.Argument(
-            help="A hub id (ORG/REPO, or ORG/REPO:QUANT for one GGUF file), an HF directory or a .gguf file."
+            metavar="MODEL",
+            help="A hub id (ORG/REPO, or ORG/REPO:QUANT for one GGUF file), an HF directory or a .gguf file.",
         ),
     ],
     revision: Annotated[str | None, typer.Option("--revision", "-r", help="Hub branch, tag or commit.")] = None,
@@ -50,7 +51,15 @@ def summary(entry: StoreEntry) -> str:
 @contextmanager
 def _copy_progress() -> Iterator[Callable[[int, int], None]]:
     """A transient progress bar on stderr for the bytes an import copies."""
-    progress = Progress(TextColumn("Copying"), BarColumn(), DownloadColumn(), console=stderr_console(), transient=True)
+    console = stderr_console()
+    progress = Progress(
+        TextColumn("Copying"),
+        BarColumn(),
+        DownloadColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
     task = progress.add_task("copy", total=None)
 
     def on_copy(done: int, total: int) -> None:

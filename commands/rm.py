@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rusteeze.commands.common import Debug, cli_errors
 
+from rusteeze.commands.common import Debug, cli_errors
 from rusteeze.loader.model_info import human_size
 from rusteeze.loader.store import ModelStore
 
 
 def rm(
-    name: Annotated[str, typer.Argument(help="The model's name, as `rusteeze list` shows it.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The model's name, as `rusteeze list` shows it.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     debug: Debug = False,
 ) -> None:

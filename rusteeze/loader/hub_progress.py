@@ -30,14 +30,16 @@ class PullProgress:
 
     def __init__(self, label: str, console: Console | None = None) -> None:
         self.label = label
+        console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=console or Console(stderr=True),
+            console=console,
             transient=True,
+            disable=not console.is_terminal,  # nothing in logs or pipes
         )
         self.task: TaskID = self.progress.add_task(label, total=None)
         self.files_total = 0

@@ -90,12 +90,12 @@ class StoreEntry:
         return self.model_dir / self.file if self.file else self.model_dir
 
     def size_on_disk(self) -> int:
-        """Bytes used by the model files (cache blobs counted once); 0 when they are gone."""
+        """Bytes used by the model files (cache blobs counted once, manifest excluded); 0 when they are gone."""
         seen: set[Path] = set()
         total = 0
         for path in self.model_dir.rglob("*") if self.model_dir.is_dir() else []:
             real = path.resolve()
-            if real not in seen and real.is_file():
+            if real not in seen and real.is_file() and real.name != MANIFEST:
                 seen.add(real)
                 total += real.stat().st_size
         return total
