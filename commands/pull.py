@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 
 from rusteeze.commands.common import Debug, cli_errors, stderr_console
 from rusteeze.loader.model_info import human_parameters, human_size
@@ -50,7 +50,7 @@ def summary(entry: StoreEntry) -> str:
 
 @contextmanager
 def _copy_progress() -> Iterator[Callable[[int, int], None]]:
-    """A transient progress bar on stderr for the bytes an import copies."""
+    """A transient progress bar on stderr for the bytes an import copies; it appears with the first byte."""
     console = stderr_console()
     progress = Progress(
         TextColumn("Copying"),
@@ -60,10 +60,16 @@ def _copy_progress() -> Iterator[Callable[[int, int], None]]:
         transient=True,
         disable=not console.is_terminal,
     )
-    task = progress.add_task("copy", total=None)
+    task: TaskID | None = None
 
     def on_copy(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task("copy", total=total)
+        progress.update(task, completed=done)
 
-    with progress:
+    try:
         yield on_copy
+    finally:
+        progress.stop()

@@ -170,3 +170,28 @@ def test_repo_without_safetensors_says_so(hub):
         "for a GGUF repository pull one file with `rusteeze pull acme/old:Q4_K_M`"
     )
     assert hub.gets("pytorch_model.bin") == []
+
+
+def test_progress_adapter_counts_files_and_bytes(hub):
+    import io
+
+    from huggingface_hub import snapshot_download
+    from rich.console import Console
+
+    from rusteeze.loader.hub_progress import PullProgress
+
+    files = tiny_hf_files()
+    hub.add_repo("acme/tiny", files)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with PullProgress("Pulling acme/tiny", console=console) as bar:
+        snapshot_download(
+            "acme/tiny",
+            endpoint=hub.url,
+            cache_dir=hf_hub_cache(),
+            allow_patterns=HubRef("acme/tiny").allow_patterns(),
+            tqdm_class=bar.tqdm_class,
+        )
+        task = bar.progress.tasks[0]
+        assert (bar.files_done, bar.files_total) == (5, 5)
+        assert task.description == "Pulling acme/tiny (5/5 files)"
+        assert task.completed == task.total == sum(len(files[name]) for name in INFERENCE_FILES)
