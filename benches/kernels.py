@@ -124,10 +124,9 @@ class Bench:
             f"{name:<44} {t_triton * 1e3:>10.4f} {t_torch * 1e3:>10.4f} {gbs:>8.0f} {pct_bw:>6.1f} "
             f"{tflops:>8.1f} {pct_fl:>6.1f}" + (f"   ({baseline} = second column)" if baseline != "torch" else "")
         )
-        self.rows.append(
-            {"kernel": name, "triton_ms": t_triton * 1e3, "baseline": baseline, "baseline_ms": t_torch * 1e3}
-            | {"gbs": gbs, "pct_peak_gbs": pct_bw, "tflops": tflops, "pct_peak_tflops": pct_fl}
-        )
+        row = {"kernel": name, "triton_ms": t_triton * 1e3, "baseline": baseline, "baseline_ms": t_torch * 1e3}
+        row |= {"gbs": gbs, "pct_peak_gbs": pct_bw, "tflops": tflops, "pct_peak_tflops": pct_fl}
+        self.rows.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
 
 
 def run_all(b: Bench, torch, torch_ops, triton_ops) -> None:
