@@ -26,10 +26,10 @@ def smollm2_gguf_path() -> str:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf_reader(smollm2_gguf_path):
-    """An open gguf.GGUFReader of the SmolLM2 GGUF (slow to open: shared by the session)."""
-    import gguf
+    """The SmolLM2 GGUF opened with rusteeze's reader (same interface as gguf.GGUFReader)."""
+    from rusteeze.loader.gguf_file import GGUFFile
 
-    return gguf.GGUFReader(smollm2_gguf_path)
+    return GGUFFile(smollm2_gguf_path)
 
 
 @pytest.fixture(scope="session")

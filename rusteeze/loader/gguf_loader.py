@@ -1,7 +1,8 @@
 """GGUF files: metadata → ModelConfig, tensors → HF-named float tensors.
 
-Quantized tensors are dequantized with gguf-py's vectorized numpy code (no
-Python loop per block). llama.cpp's converter permutes the rows of the Q and K
+The file is parsed by :class:`GGUFFile` (fast metadata, memory-mapped data)
+and quantized tensors are dequantized by vectorized code (no Python loop per
+block, see ``gguf_dequant``). llama.cpp's converter permutes the rows of the Q and K
 projections of ``llama`` models (interleaved rotary pairs); that permutation is
 undone here so the weights match the HF layout the model expects.
 """
@@ -10,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize
+from gguf import GGMLQuantizationType
 
 from rusteeze.errors import ModelLoadError, UnsupportedModelError
+from rusteeze.loader.gguf_dequant import dequantize
+from rusteeze.loader.gguf_file import GGUFFile
 from rusteeze.models.config import ModelConfig
 
 # GGUF general.architecture → HF architecture.
@@ -63,23 +64,23 @@ _GLOBAL_NAMES = {
 }
 
 
-def open_gguf(path: Path) -> GGUFReader:
-    """Open a GGUF file, raising ModelLoadError naming it when it is truncated or corrupt."""
+def open_gguf(path: Path) -> GGUFFile:
+    """Open a GGUF file, raising ModelLoadError naming it when it is missing, truncated or corrupt."""
     try:
-        return GGUFReader(str(path))
+        return GGUFFile(path)
     except FileNotFoundError:
         raise ModelLoadError(f"{path} does not exist") from None
-    except (ValueError, OSError, IndexError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{path} is not a valid GGUF file (truncated or corrupt?): {e}") from None
+    except OSError as e:
+        raise ModelLoadError(f"{path} cannot be read: {e}") from None
 
 
-def metadata(reader: GGUFReader, key: str, default: Any = None) -> Any:
+def metadata(reader: GGUFFile, key: str, default: Any = None) -> Any:
     """One metadata value (scalars, strings and arrays decoded), or ``default``."""
     field = reader.fields.get(key)
     return default if field is None else field.contents()
 
 
-def model_config_from_gguf(reader: GGUFReader, path: Path) -> ModelConfig:
+def model_config_from_gguf(reader: GGUFFile, path: Path) -> ModelConfig:
     """Map GGUF metadata to a ModelConfig.
 
     Raises:
@@ -141,17 +142,17 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
 
 
-def unpermute_qk(w: np.ndarray, num_heads: int) -> np.ndarray:
+def unpermute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Undo llama.cpp's Q/K row permutation. w: [heads * D, ...] → HF layout, same shape.
 
     The converter turned each head's rows from halves ``[x0..x(D/2-1), y0..]``
     into interleaved pairs ``[x0, y0, x1, y1, ...]``; this swaps them back.
     """
     rows = w.shape[0]
-    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def iter_gguf_tensors(reader: GGUFReader, cfg: ModelConfig, path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_gguf_tensors(reader: GGUFFile, cfg: ModelConfig, path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, float32 tensor) for every tensor the model uses, one at a time.
 
     Raises:
@@ -167,14 +168,11 @@ def iter_gguf_tensors(reader: GGUFReader, cfg: ModelConfig, path: Path) -> Itera
             raise UnsupportedModelError(f"{path}: tensor {t.name!r} has unsupported type {t.tensor_type.name}")
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists the fastest dimension first
         try:
-            w = dequantize(t.data, t.tensor_type).reshape(shape)
-        except ValueError as e:
+            w = dequantize(t.data, t.tensor_type, shape)
+        except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{path}: tensor {t.name!r} data does not match shape {list(shape)}: {e}") from None
         if arch in _PERMUTED and t.name.endswith(("attn_q.weight", "attn_q.bias")):
             w = unpermute_qk(w, cfg.num_attention_heads)
         elif arch in _PERMUTED and t.name.endswith(("attn_k.weight", "attn_k.bias")):
             w = unpermute_qk(w, cfg.num_key_value_heads)
-        w = np.ascontiguousarray(w, dtype=np.float32)
-        if not w.flags.writeable:  # F32 tensors are views of the read-only memory map
-            w = w.copy()
-        yield name, torch.from_numpy(w)
+        yield name, w

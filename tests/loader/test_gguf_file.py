@@ -1,0 +1,43 @@
+"""The fast GGUF reader agrees with gguf-py's reader; torch dequantization agrees with gguf-py's."""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFReader
+from gguf.quants import dequantize as reference_dequantize
+from gguf.quants import quantize
+
+from rusteeze.errors import ModelLoadError
+from rusteeze.loader.gguf_dequant import dequantize
+from rusteeze.loader.gguf_file import GGUFFile
+
+
+def test_same_metadata_and_tensors_as_gguf_py(smollm2_gguf_path):
+    ours, theirs = GGUFFile(smollm2_gguf_path), GGUFReader(smollm2_gguf_path)
+    keys = [k for k in theirs.fields if not k.startswith("GGUF.")]  # gguf-py adds header pseudo-fields
+    assert sorted(keys) == sorted(ours.fields)
+    for key in keys:
+        assert ours.fields[key].contents() == theirs.fields[key].contents(), key
+        assert [int(t) for t in ours.fields[key].types] == [int(t) for t in theirs.fields[key].types], key
+    assert len(ours.tensors) == len(theirs.tensors) == 272
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (a.name, a.tensor_type, a.shape) == (b.name, b.tensor_type, tuple(int(d) for d in b.shape))
+        assert a.n_elements == int(b.n_elements)
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_0, QT.Q4_1])
+def test_torch_dequantize_matches_gguf_py(qtype):
+    weights = np.random.default_rng(0).normal(size=(24, 96)).astype(np.float32)
+    data = quantize(weights, qtype)
+    got = dequantize(data, qtype, (24, 96)).numpy()
+    np.testing.assert_array_equal(got, reference_dequantize(data, qtype))
+    assert np.abs(got - weights).max() < (0.02 if qtype == QT.Q8_0 else 0.5)
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF", b"NOPE" + bytes(64), b"GGUF\x03\x00\x00\x00" + b"\xff" * 16])
+def test_corrupt_headers_are_model_load_errors(tmp_path, content):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=r"bad\.gguf"):
+        GGUFFile(path)
