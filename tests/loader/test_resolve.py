@@ -122,6 +122,12 @@ def test_default_model_prefers_the_store(hub, tmp_path):
     assert resolved == ResolvedModel(entry.model_path, "gguf", "store entry 'SmolLM2-135M-Instruct.Q8_0'", entry.name)
 
 
+def test_default_model_recognises_imports_by_their_source_file(hub, tmp_path):
+    entry = ModelStore().import_model(write_gguf(tmp_path / "SmolLM2-135M-Instruct.Q8_0.gguf"), name="smol:q8")
+    ModelStore().import_model(write_gguf(tmp_path / "other.gguf"), name="a-first-name")
+    assert resolve_model(None).source == f"store entry '{entry.name}'"
+
+
 def test_default_model_falls_back_to_the_bundled_gguf(hub):
     bundled = bundled_gguf()
     if bundled is None:
