@@ -165,3 +165,27 @@ def test_script_missing_and_unauthorized_repos(hub):
         f"Error: {hub.url} refused access to 'acme/private' (HTTP 401): it is private or gated, or does not exist; "
         "set HF_TOKEN to a token that can read it\n",
     )
+
+
+def test_ctrl_c_and_bugs_are_one_line_too(hub, monkeypatch):
+    import rusteeze.commands.pull as pull_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pull_command, "pull_model", interrupted)
+    result = cli("pull", "acme/tiny")
+    assert (result.exit_code, result.stdout, result.stderr) == (130, "", "Interrupted.\n")
+
+    def buggy(*args, **kwargs):
+        raise TypeError("'NoneType' object is not iterable")
+
+    monkeypatch.setattr(pull_command, "pull_model", buggy)
+    result = cli("pull", "acme/tiny")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: unexpected TypeError: 'NoneType' object is not iterable (this is a bug; rerun with --debug for the "
+        "traceback)\n",
+    )
+    monkeypatch.setenv("RUSTEEZE_DEBUG", "1")
+    assert isinstance(cli("pull", "acme/tiny").exception, TypeError)

@@ -110,6 +110,7 @@ def test_store_entry_whose_cache_is_gone(hub):
     hub.add_repo("acme/tiny", tiny_hf_files())
     pull_model("acme/tiny", progress=False)
     shutil.rmtree(hf_hub_cache())
+    assert ModelStore().get("acme/tiny").size_on_disk() == 0  # `rusteeze list` shows "missing"
     with pytest.raises(
         ModelNotFoundError, match=r"store entry 'acme/tiny' points at .*which is gone: run `rusteeze pull"
     ):
@@ -156,3 +157,13 @@ def test_default_model_is_pulled_last(hub, no_bundled_gguf):
     hub.requests.clear()
     assert resolve_model(None).source == "store entry 'HuggingFaceTB/SmolLM2-135M-Instruct'"
     assert hub.requests == []
+
+
+def test_rm_keeps_a_cached_revision_another_entry_uses(hub):
+    hub.add_repo("acme/tiny", tiny_hf_files())
+    pull_model("acme/tiny", progress=False)
+    pull_model("acme/tiny", name="alias", progress=False)
+    ModelStore().remove("alias")
+    assert resolve_model("acme/tiny").path.is_dir()
+    ModelStore().remove("acme/tiny")
+    assert not (hf_hub_cache() / "models--acme--tiny").exists()
