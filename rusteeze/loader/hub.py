@@ -16,6 +16,7 @@ becomes one `RusteezeError` line that says what happened and what to do.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -158,7 +159,7 @@ def find_cached(ref: HubRef, revision: str | None = None) -> Snapshot | None:
                 local_files_only=True,
             )
         return _snapshot(ref, Path(directory), revision)
-    except (LocalEntryNotFoundError, RusteezeError):
+    except (LocalEntryNotFoundError, RusteezeError, ValueError):  # ValueError: an id the hub would reject
         return None
 
 
@@ -190,7 +191,13 @@ def _snapshot(ref: HubRef, directory: Path, revision: str | None) -> Snapshot:
     """Check that a downloaded snapshot holds loadable weights and find the model inside it."""
     where = f"{ref.repo_id}" + (f" (revision {revision})" if revision else "")
     if ref.gguf is not None:
-        files = sorted(p for p in directory.rglob("*.gguf") if p.is_file())
+        # Only this quantization's files: the snapshot may also hold others pulled before.
+        patterns = ref.allow_patterns()
+        files = sorted(
+            p
+            for p in directory.rglob("*.gguf")
+            if p.is_file() and any(fnmatch.fnmatchcase(p.relative_to(directory).as_posix(), pat) for pat in patterns)
+        )
         if not files:
             raise ModelNotFoundError(f"{where} has no GGUF file matching '{ref.gguf}'")
         if len({re.sub(r"-\d{5}-of-\d{5}$", "", p.stem) for p in files}) > 1:  # shards of one model are fine
@@ -239,6 +246,7 @@ def _translate(error: BaseException, ref: HubRef, revision: str | None) -> Ruste
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RevisionNotFoundError,
@@ -251,6 +259,8 @@ def _translate(error: BaseException, ref: HubRef, revision: str | None) -> Ruste
     status = http.response.status_code if http is not None else None
     resume = "run the same pull again to resume"
 
+    if isinstance(error, HFValidationError):
+        return ModelNotFoundError(f"'{repo}' is not a valid hub id: {error}")
     if any(isinstance(e, RevisionNotFoundError) for e in chain):
         return ModelNotFoundError(f"revision '{revision}' not found in '{repo}' on {endpoint}")
     if any(isinstance(e, GatedRepoError) for e in chain):

@@ -158,7 +158,7 @@ def pull_model(
     if hub is None:
         raise ModelNotFoundError(f"'{ref}' is not an existing file or directory, nor a hub id (ORG/REPO)")
     snapshot = hub_pull(hub, revision=revision, force=force, progress=progress)
-    return store.add_hub(snapshot, revision, name=name)
+    return store.add_hub(snapshot, revision, name=name, force=force)
 
 
 def _from_path(path: Path) -> ResolvedModel:

@@ -91,6 +91,8 @@ class StoreEntry:
 
     def size_on_disk(self) -> int:
         """Bytes used by the model files (cache blobs counted once, manifest excluded); 0 when they are gone."""
+        if self.file:  # one GGUF file (a hub snapshot may hold other quantizations next to it)
+            return self.model_path.stat().st_size if self.model_path.is_file() else 0
         seen: set[Path] = set()
         total = 0
         for path in self.model_dir.rglob("*") if self.model_dir.is_dir() else []:
@@ -192,20 +194,22 @@ class ModelStore:
         )
         return self._publish(entry, files, existing, on_copy)
 
-    def add_hub(self, snapshot: Snapshot, revision: str | None, name: str | None = None) -> StoreEntry:
+    def add_hub(
+        self, snapshot: Snapshot, revision: str | None, name: str | None = None, force: bool = False
+    ) -> StoreEntry:
         """Record a hub snapshot (already in the HF cache) under `name` (default: the hub reference).
 
-        An existing hub entry of that name is replaced (a newer pull of the same repository);
-        an imported model of that name is not.
+        An existing entry of that name pulled from the same repository is replaced (a newer pull);
+        any other entry of that name only with `force`.
 
         Raises:
-            RusteezeError: bad name, or the name belongs to an imported model.
+            RusteezeError: bad name, or the name is taken by another model (without `force`).
             ModelLoadError: the snapshot's config or weights cannot be parsed.
         """
         name = check_name(name or str(snapshot.ref))
         existing = self.get(name)
-        if existing is not None and existing.repo_id is None:
-            raise RusteezeError(f"'{name}' is already an imported model in the store; pull with --name to rename")
+        if existing is not None and existing.repo_id != snapshot.ref.repo_id and not force:
+            raise RusteezeError(f"'{name}' is already in the store; use --force to replace it or --name to rename")
         info = describe(snapshot.model_path)
         entry = StoreEntry(
             name=name,

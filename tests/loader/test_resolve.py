@@ -5,7 +5,7 @@ import shutil
 import pytest
 from fake_hub import FakeHub, point_at, tiny_hf_files, write_gguf, write_hf_dir
 
-from rusteeze.errors import ModelNotFoundError
+from rusteeze.errors import ModelNotFoundError, RusteezeError
 from rusteeze.loader import resolve
 from rusteeze.loader.hub import HubRef, hf_hub_cache
 from rusteeze.loader.hub import pull as hub_pull
@@ -167,3 +167,36 @@ def test_rm_keeps_a_cached_revision_another_entry_uses(hub):
     assert resolve_model("acme/tiny").path.is_dir()
     ModelStore().remove("acme/tiny")
     assert not (hf_hub_cache() / "models--acme--tiny").exists()
+
+
+def test_a_hub_pull_does_not_take_the_name_of_another_model(hub, tmp_path):
+    ModelStore().import_model(write_gguf(tmp_path / "a.gguf"), name="tiny")
+    hub.add_repo("acme/tiny", tiny_hf_files())
+    with pytest.raises(RusteezeError, match=r"^'tiny' is already in the store; use --force to replace it"):
+        pull_model("acme/tiny", name="tiny", progress=False)
+    assert pull_model("acme/tiny", name="tiny", force=True, progress=False).repo_id == "acme/tiny"
+    assert [e.name for e in ModelStore().entries()] == ["tiny"]
+
+
+def test_invalid_hub_ids(hub):
+    with pytest.raises(ModelNotFoundError, match=r"^'acme/bad--name' is not a valid hub id"):
+        pull_model("acme/bad--name", progress=False)
+    with pytest.raises(ModelNotFoundError, match="not found locally"):
+        resolve_model("acme/bad--name")
+
+
+def test_gguf_hub_pull_is_one_file(hub, tmp_path):
+    gguf_bytes = write_gguf(tmp_path / "x.gguf").read_bytes()
+    hub.add_repo("acme/tiny-GGUF", {"tiny.Q8_0.gguf": gguf_bytes, "tiny.F16.gguf": gguf_bytes + b"\0"})
+    entry = pull_model("acme/tiny-GGUF:Q8_0", progress=False)
+    pull_model("acme/tiny-GGUF:F16", progress=False)
+    assert (entry.name, entry.format, entry.quantization, entry.file) == (
+        "acme/tiny-GGUF:Q8_0",
+        "gguf",
+        "Q8_0",
+        "tiny.Q8_0.gguf",
+    )
+    assert entry.size_on_disk() == len(gguf_bytes)
+    resolved = resolve_model("acme/tiny-GGUF:Q8_0")
+    assert (resolved.path.name, resolved.kind) == ("tiny.Q8_0.gguf", "gguf")
+    assert resolved.path.read_bytes() == gguf_bytes
