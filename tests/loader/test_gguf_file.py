@@ -41,3 +41,26 @@ def test_corrupt_headers_are_model_load_errors(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ModelLoadError, match=r"bad\.gguf"):
         GGUFFile(path)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # random scale bytes may decode to inf
+@pytest.mark.parametrize("qtype", [QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.BF16])
+def test_k_quant_tensors_read_and_dequantize_like_gguf_py(tmp_path, qtype):
+    """Raw blocks of the types gguf-py cannot quantize: same bytes, shape and values through both readers."""
+    import gguf
+    from gguf import GGML_QUANT_SIZES
+
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    rows, cols = 6, 2 * 256
+    raw = np.random.default_rng(1).integers(0, 256, size=(rows, cols // block * type_size), dtype=np.uint8)
+    path = tmp_path / "k.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.ffn_up.weight", raw, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours, theirs = GGUFFile(path).tensors[0], GGUFReader(str(path)).tensors[0]
+    assert ours.shape == (cols, rows) and ours.tensor_type == qtype
+    got = dequantize(ours.data, qtype, (rows, cols)).numpy()
+    np.testing.assert_array_equal(got, reference_dequantize(theirs.data, qtype).reshape(rows, cols))
