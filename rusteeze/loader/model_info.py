@@ -76,12 +76,14 @@ def describe_hf_dir(path: Path) -> ModelInfo:
 
 def describe_gguf(path: Path) -> ModelInfo:
     """Describe a GGUF file from its metadata (`general.architecture`, `general.file_type`) and tensor table."""
-    from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType
+    from gguf import GGMLQuantizationType, LlamaFileType
+
+    from rusteeze.loader.gguf_file import GGUFFile
 
     try:
-        reader = GGUFReader(path)
-    except Exception as e:  # gguf raises ValueError, struct errors, IndexError… on a bad file
-        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+        reader = GGUFFile(path)  # raises ModelLoadError naming the file when it is bad
+    except OSError as e:
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({e})") from e
 
     def field(key: str):
         f = reader.fields.get(key)

@@ -150,7 +150,7 @@ def test_not_a_model_is_a_typed_error(store, tmp_path):
     with pytest.raises(ModelLoadError, match=r"no \.safetensors weights"):
         store.import_model(write_hf_dir(tmp_path / "bin-only", files))
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf at all")
-    with pytest.raises(ModelLoadError, match=r"bad\.gguf: not a readable GGUF file"):
+    with pytest.raises(ModelLoadError, match=r"bad\.gguf is not a valid GGUF file"):
         store.import_model(tmp_path / "bad.gguf")
 
 
