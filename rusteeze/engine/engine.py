@@ -10,7 +10,7 @@ import torch
 
 from rusteeze.config import EngineConfig
 from rusteeze.engine.block_manager import BlockManager
-from rusteeze.engine.kv_cache import allocate_kv_caches, num_blocks_for
+from rusteeze.engine.kv_cache import allocate_kv_caches, bytes_per_block, num_blocks_for
 from rusteeze.engine.outputs import RequestOutput
 from rusteeze.engine.request import Request
 from rusteeze.engine.runner import ModelRunner
@@ -41,7 +41,9 @@ class Engine:
             loaded from ``config`` when None.
 
     Raises:
-        ConfigError: the KV-cache budget cannot hold one ``max_model_len`` sequence.
+        ConfigError: the KV-cache budget cannot hold one sequence of the
+            ``max_model_len`` set in the config (when it is unset, the context
+            is shortened to what the budget holds instead).
     """
 
     def __init__(self, config: EngineConfig, loaded: Any = None) -> None:
@@ -54,11 +56,16 @@ class Engine:
         self.model_config = cfg = loaded.config
         self.tokenizer = loaded.tokenizer
         self.generation_defaults: dict[str, Any] = dict(loaded.generation_defaults or {})
-        self.max_model_len = config.max_model_len or cfg.max_position_embeddings
         extra_eos = self.generation_defaults.get("eos_token_id") or []
         extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos)
         self.eos_token_ids = tuple(dict.fromkeys([*cfg.eos_token_ids, *self.tokenizer.eos_token_ids, *extra_eos]))
         bs = config.block_size
+        per_block = bytes_per_block(cfg, bs, loaded.dtype)
+        # Unset max_model_len: the model's, but no more than the KV budget holds
+        # (a 128k-context model still runs in the default budget). Set: checked.
+        self.max_model_len = config.max_model_len or min(
+            cfg.max_position_embeddings, config.kv_cache_memory // per_block * bs
+        )
         num_blocks = num_blocks_for(cfg, bs, loaded.dtype, config.kv_cache_memory, self.max_model_len)
         caches = allocate_kv_caches(cfg, num_blocks, bs, loaded.dtype, loaded.device)
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching, cfg.sliding_window)

@@ -204,3 +204,9 @@ def test_outputs_carry_deltas_usage_and_timing(make_engine):
     assert last.usage.prompt_tokens == len(last.prompt_token_ids) and last.usage.completion_tokens == 12
     m = last.metrics
     assert m.arrival_time <= m.first_token_time <= m.finish_time
+
+
+def test_unset_max_model_len_shrinks_to_the_kv_budget(make_engine):
+    engine = make_engine(kv_tokens=100, max_model_len=None)
+    assert engine.max_model_len == 100  # the model allows 512
+    assert make_engine(max_model_len=None).max_model_len == 512

