@@ -3,6 +3,7 @@
 import typer
 
 from rusteeze import __version__
+from rusteeze.commands.chat import chat
 from rusteeze.commands.list_models import list_models
 from rusteeze.commands.pull import pull
 from rusteeze.commands.rm import rm
@@ -32,3 +33,4 @@ def main(
 app.command("pull")(pull)
 app.command("list")(list_models)
 app.command("rm")(rm)
+app.command("chat")(chat)

@@ -1,0 +1,201 @@
+"""`rusteeze chat`: talk to a model in the terminal, or get one reply for a prompt.
+
+A thin front end over `rusteeze.chat_session.ChatSession`: this file reads lines
+(prompt_toolkit), prints streamed text, and turns Ctrl-C / Ctrl-D into what a user expects.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from rusteeze.chat_session import ChatSession, MultilineInput
+from rusteeze.chat_settings import ChatSettings
+from rusteeze.commands.common import cli_errors, print_error, stderr_console
+from rusteeze.commands.loading import load_engine
+from rusteeze.commands.options import (
+    ConfigFile,
+    Debug,
+    Device,
+    Dtype,
+    KernelBackend,
+    KvCacheMemory,
+    MaxModelLen,
+    MaxNumBatchedTokens,
+    MaxNumSeqs,
+    Model,
+    NoPrefixCaching,
+    engine_config,
+)
+from rusteeze.errors import ConfigError, InvalidRequestError, RusteezeError
+
+SAMPLING = "Sampling options"
+PLACEHOLDER = "Send a message (/? for help)"
+
+
+def chat(
+    model: Model = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Print one reply to this prompt and exit.", show_default=False)
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="The system prompt.", show_default=False)] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 is greedy (default: the model's, else 0.8).", rich_help_panel=SAMPLING)
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Nucleus sampling mass in (0, 1].", rich_help_panel=SAMPLING)
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Sample from the K most likely tokens.", rich_help_panel=SAMPLING)
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens per reply (default: up to the context).", rich_help_panel=SAMPLING)
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible replies.", rich_help_panel=SAMPLING)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Print TTFT and tokens/s after each reply.")] = False,
+    config: ConfigFile = None,
+    dtype: Dtype = None,
+    device: Device = None,
+    max_model_len: MaxModelLen = None,
+    kv_cache_memory: KvCacheMemory = None,
+    max_num_seqs: MaxNumSeqs = None,
+    max_num_batched_tokens: MaxNumBatchedTokens = None,
+    no_prefix_caching: NoPrefixCaching = False,
+    kernel_backend: KernelBackend = None,
+    debug: Debug = False,
+) -> None:
+    """Chat with a model: a >>> prompt on a terminal; -p PROMPT, or a prompt on stdin, prints one reply."""
+    with cli_errors(debug):
+        cfg, sections = engine_config(
+            model,
+            config,
+            dtype=dtype,
+            device=device,
+            max_model_len=max_model_len,
+            kv_cache_memory=kv_cache_memory,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            no_prefix_caching=no_prefix_caching,
+            kernel_backend=kernel_backend,
+        )
+        flags = dict(system=system, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens)
+        settings = chat_settings(sections["chat"], str(config or "[chat]"), seed=seed, verbose=verbose or None, **flags)
+        interactive = prompt is None and sys.stdin.isatty() and sys.stdout.isatty()
+        if prompt is None and not interactive:
+            prompt = sys.stdin.read()
+            if not prompt.strip():
+                raise RusteezeError("no prompt: stdin is empty; pass one with -p TEXT or on stdin")
+        engine, resolved = load_engine(cfg)
+        session = ChatSession(engine, settings, resolved.name, resolved.source)
+        if interactive:
+            repl(session)
+        else:
+            assert prompt is not None
+            print_reply(session, prompt)
+
+
+def chat_settings(table: dict, source: str, **flags: object) -> ChatSettings:
+    """The `[chat]` table of the config file, overridden by the flags given (None: not given).
+
+    Raises:
+        ConfigError: an invalid table, or a flag value out of range (the message names the flag).
+    """
+    settings = ChatSettings.from_table(table, source)
+    for key, value in flags.items():
+        try:
+            settings = settings.replace(**{key: value})
+        except InvalidRequestError as e:
+            raise ConfigError(f"--{key.replace('_', '-')} {str(e).removeprefix(key + ': ')}") from None
+    return settings
+
+
+def print_reply(session: ChatSession, text: str, stop: threading.Event | None = None) -> None:
+    """Stream the reply to `text` on stdout (plain text), then the notes on stderr."""
+    out = sys.stdout
+    last = "\n"
+    for delta in session.reply(text, should_stop=stop.is_set if stop else None):
+        out.write(delta)
+        out.flush()
+        last = delta[-1]
+    if last != "\n":
+        out.write("\n")
+        out.flush()
+    stats, notes = session.last_stats, stderr_console()
+    if session.dropped_messages:
+        notes.print(f"(dropped the {session.dropped_messages} oldest messages to fit the context)", style="dim")
+    if stats is not None and stats.finish_reason == "abort":
+        notes.print("Reply stopped.", style="dim")
+    elif stats is not None and stats.finish_reason == "length" and session.settings.max_tokens is None:
+        notes.print("(the reply filled the context; /clear starts afresh)", style="dim")
+    if stats is not None and session.settings.verbose:
+        notes.print(Text(stats.summary(), style="dim"), soft_wrap=True)
+
+
+def repl(session: ChatSession) -> None:
+    """The interactive loop: `>>> ` prompt, slash commands, multi-line input, Ctrl-C and Ctrl-D."""
+    from prompt_toolkit import PromptSession
+
+    prompt_session: PromptSession[str] = PromptSession(history=_history())
+    multiline = MultilineInput()
+    while True:
+        try:
+            line = prompt_session.prompt(
+                "... " if multiline.active else ">>> ",
+                placeholder=None if multiline.active else [("fg:ansibrightblack", PLACEHOLDER)],
+            )
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line (and any open """ block)
+            multiline.reset()
+            continue
+        except EOFError:  # Ctrl-D on an empty line
+            return
+        if not multiline.active and session.is_command(line):
+            result = session.command(line)
+            if result.exit:
+                return
+            if result.is_error:
+                print_error(result.text)
+            elif result.text:
+                typer.echo(result.text)
+            continue
+        text = multiline.feed(line)
+        if text is None or not text.strip():
+            continue
+        try:
+            with _sigint_stops() as stop:
+                print_reply(session, text, stop)
+        except RusteezeError as e:  # e.g. a message longer than the context: say so, keep the session
+            print_error(str(e))
+
+
+@contextmanager
+def _sigint_stops() -> Iterator[threading.Event]:
+    """While inside, Ctrl-C sets the event instead of raising: the reply stops between two engine steps."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _history():  # -> prompt_toolkit History
+    """Input history in RUSTEEZE_HOME/chat_history, kept across runs (in memory if it cannot be written)."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    from rusteeze.loader.store import store_root
+
+    path = store_root() / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as e:
+        stderr_console().print(f"(input history not saved: {e})", style="dim", markup=False)
+        return InMemoryHistory()
+    return FileHistory(str(path))

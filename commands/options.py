@@ -1,0 +1,212 @@
+"""The engine options every engine command shares (chat, bench, serve), declared once.
+
+Usage, in a command file:
+
+    from rusteeze.commands.options import ConfigFile, Device, Dtype, ..., engine_config
+
+    def chat(model: Model = None, config: ConfigFile = None, dtype: Dtype = None, ...) -> None:
+        with cli_errors(debug):
+            cfg, sections = engine_config(model, config, dtype=dtype, ...)
+
+Every option defaults to "not given" (None, or False for `--no-prefix-caching`), so
+:func:`engine_config` can apply the precedence flag > config file > defaults: a flag
+overrides the file only when the user typed it. A value of the wrong type (`--max-num-seqs
+abc`) is a usage error (exit 2, Typer's convention); a value of the right type that the
+engine rejects (`--dtype float8`, `--max-num-seqs 0`) is a ConfigError naming the flag, which
+`cli_errors` prints as one red line (exit 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rusteeze.commands.common import Debug
+from rusteeze.config import DTYPES, KERNEL_BACKENDS, EngineConfig, load_config_file
+from rusteeze.errors import ConfigError
+
+__all__ = [
+    "ConfigFile",
+    "Debug",
+    "Device",
+    "Dtype",
+    "KernelBackend",
+    "KvCacheMemory",
+    "MaxModelLen",
+    "MaxNumBatchedTokens",
+    "MaxNumSeqs",
+    "Model",
+    "NoPrefixCaching",
+    "engine_config",
+]
+
+ENGINE_PANEL = "Engine options"
+
+Model = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="MODEL",
+        help="A store name, hub id, HF directory or .gguf file (default: SmolLM2-135M-Instruct).",
+        show_default=False,
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        help="A rusteeze TOML file; flags override it, it overrides the defaults.",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        metavar="TYPE",
+        help=f"{', '.join(DTYPES)} (auto: float32 on CPU, the checkpoint's 16-bit type on CUDA).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="auto, cpu, cuda or cuda:N (auto: CUDA when available).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+MaxModelLen = Annotated[
+    int | None,
+    typer.Option(
+        "--max-model-len",
+        metavar="N",
+        help="Longest context, prompt plus output (default: the model's).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+KvCacheMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--kv-cache-memory",
+        metavar="SIZE",
+        help="Memory for the KV cache, in bytes or like 2GiB, 512MB (default 1GiB).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+MaxNumSeqs = Annotated[
+    int | None,
+    typer.Option(
+        "--max-num-seqs",
+        metavar="N",
+        help="Most sequences in one engine step (default 64).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+MaxNumBatchedTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--max-num-batched-tokens",
+        metavar="N",
+        help="Most tokens (prefill and decode) in one engine step (default 2048).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+NoPrefixCaching = Annotated[
+    bool,
+    typer.Option(
+        "--no-prefix-caching",
+        help="Do not reuse the KV blocks of identical prompt prefixes.",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+KernelBackend = Annotated[
+    str | None,
+    typer.Option(
+        "--kernel-backend",
+        metavar="NAME",
+        help=f"{', '.join(KERNEL_BACKENDS)} (auto: Triton on CUDA, torch otherwise).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+
+
+def engine_config(
+    model: str | None,
+    config_file: Path | None = None,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    max_model_len: int | None = None,
+    kv_cache_memory: str | None = None,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    no_prefix_caching: bool = False,
+    kernel_backend: str | None = None,
+    **extra: Any,
+) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
+    """Build the EngineConfig of a command: flags given > the config file > the defaults.
+
+    Args:
+        model: the MODEL argument (None: the file's `model`, else the default model).
+        config_file: the `--config` file, if any.
+        dtype ... kernel_backend: the shared flags, None (False) when not given.
+        **extra: more EngineConfig fields a command sets itself (e.g. bench's `seed`); None means not given.
+
+    Returns:
+        The config, and the file's `[server]` and `[chat]` tables (empty dicts without a file).
+
+    Raises:
+        ConfigError: the file is missing or invalid, or a flag's value is invalid (the message names the flag).
+    """
+    if config_file is not None:
+        base, sections = load_config_file(config_file)
+    else:
+        base, sections = EngineConfig(), {"server": {}, "chat": {}}
+    flags: dict[str, Any] = {
+        "model": model,
+        "dtype": dtype,
+        "device": device,
+        "max_model_len": max_model_len,
+        "kv_cache_memory": kv_cache_memory,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "enable_prefix_caching": False if no_prefix_caching else None,
+        "kernel_backend": kernel_backend,
+        **extra,
+    }
+    given = {key: value for key, value in flags.items() if value is not None}
+    for key, value in given.items():
+        _check_flag(key, value)
+    return base.replace(**given), sections
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of an EngineConfig field (`max_num_seqs` → `--max-num-seqs`)."""
+    return "--no-prefix-caching" if key == "enable_prefix_caching" else "--" + key.replace("_", "-")
+
+
+def _check_flag(key: str, value: Any) -> None:
+    """Validate one flag on its own, so the error names the flag rather than a config key."""
+    if key == "model":
+        return  # resolved (and reported) when the model loads
+    try:
+        EngineConfig(**{key: value})
+    except ConfigError as e:
+        message = str(e)
+        # EngineConfig says "key = 'value' reason"; say "--flag 'value' reason" instead.
+        prefix = f"{key} = {value!r} "
+        reason = message[len(prefix) :] if message.startswith(prefix) else message
+        raise ConfigError(f"{flag_name(key)} {value!r} {reason}") from None
