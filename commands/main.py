@@ -7,6 +7,7 @@ from rusteeze.commands.chat import chat
 from rusteeze.commands.list_models import list_models
 from rusteeze.commands.pull import pull
 from rusteeze.commands.rm import rm
+from rusteeze.commands.serve import serve
 
 app = typer.Typer(
     name="rusteeze",
@@ -34,3 +35,4 @@ app.command("pull")(pull)
 app.command("list")(list_models)
 app.command("rm")(rm)
 app.command("chat")(chat)
+app.command("serve")(serve)

@@ -1,0 +1,151 @@
+"""`rusteeze serve`: the OpenAI-compatible server (rusteeze.server) on uvicorn.
+
+The model reference is resolved and the port bound before anything else, so a
+typo or a busy port is one red line and exit 1 at once; the weights then load
+in the background while `/health` answers 503. SIGINT/SIGTERM shut down
+gracefully and exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated
+
+import typer
+
+from rusteeze.commands.common import cli_errors
+from rusteeze.commands.loading import load_line
+from rusteeze.commands.options import (
+    ConfigFile,
+    Debug,
+    Device,
+    Dtype,
+    KernelBackend,
+    KvCacheMemory,
+    MaxModelLen,
+    MaxNumBatchedTokens,
+    MaxNumSeqs,
+    Model,
+    NoPrefixCaching,
+    engine_config,
+)
+
+SERVER = "Server options"
+
+
+def serve(
+    model: Model = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Interface to listen on (default 127.0.0.1: this machine only).",
+            metavar="HOST",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="TCP port (default 8000).", metavar="PORT", show_default=False, rich_help_panel=SERVER),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Require `Authorization: Bearer KEY` on /v1/*.",
+            envvar="RUSTEEZE_API_KEY",
+            metavar="KEY",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="The model id clients use (default: MODEL as given).",
+            metavar="NAME",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    allowed_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Turn CORS on for these origins (repeat, or comma-separate; * for any).",
+            metavar="ORIGIN",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    max_waiting_requests: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests allowed to wait for a first token before 503 (default 256).",
+            metavar="N",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    shutdown_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds running requests get on SIGINT/SIGTERM (default 30).",
+            metavar="SECONDS",
+            show_default=False,
+            rich_help_panel=SERVER,
+        ),
+    ] = None,
+    config: ConfigFile = None,
+    dtype: Dtype = None,
+    device: Device = None,
+    max_model_len: MaxModelLen = None,
+    kv_cache_memory: KvCacheMemory = None,
+    max_num_seqs: MaxNumSeqs = None,
+    max_num_batched_tokens: MaxNumBatchedTokens = None,
+    no_prefix_caching: NoPrefixCaching = False,
+    kernel_backend: KernelBackend = None,
+    debug: Debug = False,
+) -> None:
+    """Serve a model with an OpenAI-compatible API (completions, chat, streaming, metrics)."""
+    with cli_errors(debug):
+        from rusteeze.engine.engine import Engine
+        from rusteeze.loader.resolve import resolve_model
+        from rusteeze.server.app import create_app
+        from rusteeze.server.runner import bind_socket, run_server
+        from rusteeze.server.settings import ServerSettings
+
+        cfg, sections = engine_config(
+            model,
+            config,
+            dtype=dtype,
+            device=device,
+            max_model_len=max_model_len,
+            kv_cache_memory=kv_cache_memory,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            no_prefix_caching=no_prefix_caching,
+            kernel_backend=kernel_backend,
+        )
+        origins = [o.strip() for value in allowed_origins or [] for o in value.split(",") if o.strip()]
+        settings = ServerSettings.from_table(sections["server"], source=f"{config} [server]").replace(
+            host=host,
+            port=port,
+            api_key=api_key,
+            served_model_name=served_model_name,
+            allowed_origins=tuple(origins) or None,
+            max_waiting_requests=max_waiting_requests,
+            shutdown_timeout=shutdown_timeout,
+        )
+        resolved = resolve_model(cfg.model)
+        name = settings.served_model_name or cfg.model or resolved.name
+        engine_cfg = cfg.replace(model=str(resolved.path))
+        log = logging.getLogger("rusteeze.server")
+
+        def load() -> Engine:
+            start = time.perf_counter()
+            engine = Engine(engine_cfg)
+            log.info(load_line(resolved, engine, time.perf_counter() - start))
+            return engine
+
+        sock = bind_socket(settings.host, settings.port)
+        run_server(create_app(settings, load, name), sock)
