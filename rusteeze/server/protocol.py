@@ -121,6 +121,9 @@ def _common(body: dict[str, Any], max_tokens: int | None, logprobs: int | None, 
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > MAX_N:
         raise bad_request(f"n must be at most {MAX_N}, got {n}", param="n")
+    seed = body.get("seed")
+    if isinstance(seed, int) and not -(2**63) <= seed < 2**63:  # torch generators take 64-bit seeds
+        raise bad_request(f"seed must fit in 64 bits, got {seed}", param="seed")
     kwargs: dict[str, Any] = {k: body[k] for k in _SAMPLING_FIELDS if body.get(k) is not None}
     bias = _get(body, "logit_bias", dict)
     if bias is not None:
