@@ -195,6 +195,8 @@ class Engine:
         """
         out = self.scheduler.schedule()
         if out.is_empty:
+            # One max_model_len sequence always fits, so work left means work scheduled.
+            assert not self.scheduler.has_unfinished(), "scheduler stalled with requests left"
             return []
         try:
             result = self.runner.run(out)

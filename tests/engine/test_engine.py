@@ -210,3 +210,24 @@ def test_unset_max_model_len_shrinks_to_the_kv_budget(make_engine):
     engine = make_engine(kv_tokens=100, max_model_len=None)
     assert engine.max_model_len == 100  # the model allows 512
     assert make_engine(max_model_len=None).max_model_len == 512
+
+
+def test_n_seeded_completions_differ_and_repeat(make_engine):
+    engine = make_engine()
+    params = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=10, ignore_eos=True)
+    first = run(engine, [[5, 6, 7, 8, 9, 10]], params)[0]
+    again = run(engine, [[5, 6, 7, 8, 9, 10]], params)[0]
+    runs = [c.token_ids for c in first.outputs]
+    assert runs == [c.token_ids for c in again.outputs]
+    assert len({tuple(r) for r in runs}) == 3
+    assert first.usage.completion_tokens == 30
+
+
+def test_include_stop_str_in_output_keeps_the_match(make_engine):
+    engine = make_engine()
+    prompt = prompts_for(engine.model_config.vocab_size, n=1, seed=4)[0]
+    text = run(engine, [prompt], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))[0].outputs[0].text
+    stop = next(text[i : i + 2] for i in range(2, len(text) - 2) if text[i : i + 2].strip())
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, stop=[stop], include_stop_str_in_output=True)
+    out = run(engine, [prompt], params)[0].outputs[0]
+    assert out.text == text[: text.index(stop) + len(stop)]
