@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 
 from rusteeze.commands.common import cli_errors
-from rusteeze.commands.loading import load_line
 from rusteeze.commands.options import (
     ConfigFile,
     Debug,
@@ -108,6 +107,7 @@ def serve(
 ) -> None:
     """Serve a model with an OpenAI-compatible API (completions, chat, streaming, metrics)."""
     with cli_errors(debug):
+        from rusteeze.commands.loading import load_line
         from rusteeze.engine.engine import Engine
         from rusteeze.loader.resolve import resolve_model
         from rusteeze.server.app import create_app
@@ -127,15 +127,19 @@ def serve(
             kernel_backend=kernel_backend,
         )
         origins = [o.strip() for value in allowed_origins or [] for o in value.split(",") if o.strip()]
-        settings = ServerSettings.from_table(sections["server"], source=f"{config} [server]").replace(
-            host=host,
-            port=port,
-            api_key=api_key,
-            served_model_name=served_model_name,
-            allowed_origins=tuple(origins) or None,
-            max_waiting_requests=max_waiting_requests,
-            shutdown_timeout=shutdown_timeout,
-        )
+        flags = {
+            "host": host,
+            "port": port,
+            "api_key": api_key,
+            "served_model_name": served_model_name,
+            "allowed_origins": tuple(origins) or None,
+            "max_waiting_requests": max_waiting_requests,
+            "shutdown_timeout": shutdown_timeout,
+        }
+        given = {key: value for key, value in flags.items() if value is not None}
+        for key, value in given.items():
+            _check_flag(ServerSettings, key, value)
+        settings = ServerSettings.from_table(sections["server"], source=f"{config} [server]").replace(**given)
         resolved = resolve_model(cfg.model)
         name = settings.served_model_name or cfg.model or resolved.name
         engine_cfg = cfg.replace(model=str(resolved.path))
@@ -149,3 +153,15 @@ def serve(
 
         sock = bind_socket(settings.host, settings.port)
         run_server(create_app(settings, load, name), sock)
+
+
+def _check_flag(settings_cls: type, key: str, value: object) -> None:
+    """Validate one server flag alone, so the error names the flag (``--port 70000 ...``)."""
+    from rusteeze.errors import ConfigError
+
+    try:
+        settings_cls(**{key: value})
+    except ConfigError as e:
+        flag = "--" + key.replace("_", "-")
+        message = str(e).replace(f"{key} = ", f"{flag} ", 1)
+        raise ConfigError(message) from None

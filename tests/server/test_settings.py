@@ -1,0 +1,43 @@
+"""ServerSettings: defaults, the [server] table, validation."""
+
+import pytest
+
+from rusteeze.errors import ConfigError
+from rusteeze.server.settings import ServerSettings
+
+
+def test_defaults_bind_locally_with_cors_and_auth_off():
+    s = ServerSettings()
+    assert (s.host, s.port, s.api_key, s.allowed_origins) == ("127.0.0.1", 8000, None, ())
+    assert s.max_body_bytes == 4 * 1024**2
+
+
+def test_table_values_and_flags_over_them():
+    s = ServerSettings.from_table({"port": 9000, "api_key": "k", "allowed_origins": "*", "max_body_bytes": "1MiB"})
+    assert (s.port, s.api_key, s.allowed_origins, s.max_body_bytes) == (9000, "k", ("*",), 1024**2)
+    s = s.replace(port=9001, api_key=None)  # None: the flag was not given
+    assert (s.port, s.api_key) == (9001, "k")
+
+
+def test_unknown_table_key_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"unknown key 'api_keys' in x.toml \[server\]; did you mean 'api_key'\?"):
+        ServerSettings.from_table({"api_keys": "k"}, source="x.toml [server]")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"port": -1},
+        {"port": "80"},
+        {"host": ""},
+        {"api_key": ""},
+        {"allowed_origins": [1]},
+        {"max_body_bytes": "lots"},
+        {"max_waiting_requests": 0},
+        {"shutdown_timeout": -1},
+        {"shutdown_timeout": True},
+    ],
+)
+def test_invalid_values(kw):
+    with pytest.raises(ConfigError, match=next(iter(kw))):
+        ServerSettings(**kw)
