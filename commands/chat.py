@@ -19,7 +19,6 @@ from rich.text import Text
 from rusteeze.chat_session import ChatSession, MultilineInput
 from rusteeze.chat_settings import ChatSettings
 from rusteeze.commands.common import cli_errors, print_error, stderr_console
-from rusteeze.commands.loading import load_engine
 from rusteeze.commands.options import (
     ConfigFile,
     Debug,
@@ -89,9 +88,11 @@ def chat(
         settings = chat_settings(sections["chat"], str(config or "[chat]"), seed=seed, verbose=verbose or None, **flags)
         interactive = prompt is None and sys.stdin.isatty() and sys.stdout.isatty()
         if prompt is None and not interactive:
-            prompt = sys.stdin.read()
-            if not prompt.strip():
+            prompt = sys.stdin.read().strip()
+            if not prompt:
                 raise RusteezeError("no prompt: stdin is empty; pass one with -p TEXT or on stdin")
+        from rusteeze.commands.loading import load_engine  # torch: imported only when a model is needed
+
         engine, resolved = load_engine(cfg)
         session = ChatSession(engine, settings, resolved.name, resolved.source)
         if interactive:
@@ -148,7 +149,7 @@ def repl(session: ChatSession) -> None:
         try:
             line = prompt_session.prompt(
                 "... " if multiline.active else ">>> ",
-                placeholder=None if multiline.active else [("fg:ansibrightblack", PLACEHOLDER)],
+                placeholder="" if multiline.active else [("fg:ansibrightblack", PLACEHOLDER)],
             )
         except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line (and any open """ block)
             multiline.reset()
@@ -172,6 +173,8 @@ def repl(session: ChatSession) -> None:
                 print_reply(session, text, stop)
         except RusteezeError as e:  # e.g. a message longer than the context: say so, keep the session
             print_error(str(e))
+        except KeyboardInterrupt:  # Ctrl-C just before the handler was in place: the reply was aborted
+            stderr_console().print("\nReply stopped.", style="dim")
 
 
 @contextmanager
