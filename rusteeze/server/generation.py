@@ -49,6 +49,12 @@ class Generation:
     def __init__(self, state: ServerState, base_id: str, inputs: list[dict[str, Any]], params: SamplingParams) -> None:
         self.state = state
         self.aengine = state.require_engine()
+        # Checked before any tokenizing. A soft bound: requests count as waiting
+        # from their first iteration until their first output.
+        if state.num_waiting + len(inputs) > state.settings.max_waiting_requests:
+            raise APIError(
+                503, f"the server is overloaded ({state.num_waiting} requests waiting); retry later", code="overloaded"
+            )
         self.params = params
         self.ids = [f"{base_id}-{i}" for i in range(len(inputs))]
         self.inputs = inputs
@@ -62,11 +68,6 @@ class Generation:
                 raise bad_request(str(e), param=e.param) from None
             self.prompt_token_ids.append(request.prompt_token_ids)
             self.prompt_texts.append(request.prompt)
-        bound = state.settings.max_waiting_requests
-        if state.num_waiting + len(inputs) > bound:
-            raise APIError(
-                503, f"the server is overloaded ({state.num_waiting} requests waiting); retry later", code="overloaded"
-            )
 
     async def _one(self, i: int) -> AsyncIterator[RequestOutput]:
         """Outputs of engine request ``i`` with metrics and bookkeeping around them."""
