@@ -3,6 +3,7 @@
 import typer
 
 from rusteeze import __version__
+from rusteeze.commands.bench import bench
 from rusteeze.commands.chat import chat
 from rusteeze.commands.list_models import list_models
 from rusteeze.commands.pull import pull
@@ -35,4 +36,5 @@ app.command("pull")(pull)
 app.command("list")(list_models)
 app.command("rm")(rm)
 app.command("chat")(chat)
+app.command("bench")(bench)
 app.command("serve")(serve)
