@@ -28,6 +28,7 @@ from rusteeze.commands.options import (
     NoPrefixCaching,
     engine_config,
 )
+from rusteeze.errors import ConfigError
 
 WORKLOAD = "Workload"
 ONLINE = "Online (a running server)"
@@ -88,6 +89,8 @@ def bench(
 ) -> None:
     """Benchmark throughput and latency: TTFT, TPOT and ITL percentiles, prefill speed, peak memory."""
     with cli_errors(debug):
+        if json_file is not None and not json_file.resolve().parent.is_dir():  # say so before a long run
+            raise ConfigError(f"--json {json_file}: the folder {json_file.parent} does not exist")
         if url is not None:
             from rusteeze.bench.online import run_online
 
