@@ -143,7 +143,7 @@ class Engine:
                 parent=seqs[0] if seqs else None,
             )
             if params.seed is not None:
-                seq.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed + i)
+                seq.generator = torch.Generator(device=self.runner.device).manual_seed((params.seed + i) % 2**64)
             seqs.append(seq)
         return Request(request_id, text, ids, params, seqs, self.tokenizer, time.time())
 
