@@ -88,6 +88,8 @@ def chat(
         settings = chat_settings(sections["chat"], str(config or "[chat]"), seed=seed, verbose=verbose or None, **flags)
         interactive = prompt is None and sys.stdin.isatty() and sys.stdout.isatty()
         if prompt is None and not interactive:
+            if sys.stdin.isatty():  # stdout is redirected: the prompt is typed, then Ctrl-D
+                stderr_console().print("(reading the prompt from stdin; end it with Ctrl-D)", style="dim")
             prompt = sys.stdin.read().strip()
             if not prompt:
                 raise RusteezeError("no prompt: stdin is empty; pass one with -p TEXT or on stdin")

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from rusteeze.bench.metrics import LATENCIES, LATENCY_NAMES, BenchResult
 from rusteeze.loader.model_info import human_size
@@ -21,7 +22,7 @@ def render(result: BenchResult) -> Group:
         limit = s.get("concurrency") or "no limit"
         rate = s.get("request_rate") or "inf"
         caption += f" · {s['url']} · concurrency {limit}, request rate {rate}/s"
-    throughput = Table(title=title, caption=caption, show_header=True, title_justify="left")
+    throughput = Table(show_header=True)
     throughput.add_column("Metric")
     throughput.add_column("Value", justify="right")
     rows = [
@@ -36,13 +37,14 @@ def render(result: BenchResult) -> Group:
     ]
     for name, value in rows:
         throughput.add_row(name, value)
-    latency = Table(title="Latency (ms)", show_header=True, title_justify="left")
-    latency.add_column("Metric")
+    latency = Table(show_header=True)
+    latency.add_column("Latency (ms)")
     for stat in ("Mean", "Median", "P99"):
         latency.add_column(stat, justify="right")
     for name in LATENCIES:
         latency.add_row(LATENCY_NAMES[name], *(_ms(f[f"{stat}_{name}_ms"]) for stat in ("mean", "median", "p99")))
-    return Group(throughput, latency)
+    # Title and workload as lines of their own: a table's title wraps at the table's width.
+    return Group(Text(title, style="bold"), Text(caption, style="dim"), throughput, latency)
 
 
 def _rate(value: Any, unit: str, digits: int = 1) -> str:
