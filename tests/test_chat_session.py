@@ -175,9 +175,9 @@ def test_settings_fall_back_to_the_model_then_to_ours():
 
 def test_chat_table_of_a_config_file():
     assert ChatSettings.from_table({"system": "Hi", "temperature": 0.1}).temperature == 0.1
-    with pytest.raises(ConfigError, match="unknown key 'temprature' in \\[chat\\]"):
+    with pytest.raises(ConfigError, match=r"unknown key 'temprature' in \[chat\]"):
         ChatSettings.from_table({"temprature": 0.1}, "my.toml")
-    with pytest.raises(ConfigError, match="my.toml: \\[chat\\] top_p: must be in"):
+    with pytest.raises(ConfigError, match=r"my\.toml: \[chat\] top_p: must be in"):
         ChatSettings.from_table({"top_p": 2}, "my.toml")
 
 
