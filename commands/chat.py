@@ -33,7 +33,7 @@ from rusteeze.commands.options import (
     NoPrefixCaching,
     engine_config,
 )
-from rusteeze.errors import ConfigError, InvalidRequestError, RusteezeError
+from rusteeze.errors import ConfigError, InvalidRequestError, RusteezeError, UnsupportedModelError
 
 SAMPLING = "Sampling options"
 PLACEHOLDER = "Send a message (/? for help)"
@@ -96,6 +96,11 @@ def chat(
         from rusteeze.commands.loading import load_engine  # torch: imported only when a model is needed
 
         engine, resolved = load_engine(cfg)
+        if engine.tokenizer.chat_template is None:
+            raise UnsupportedModelError(
+                f"{resolved.name} has no chat template (a base model?): chat needs an instruct model; "
+                "`rusteeze serve` completes plain prompts on /v1/completions"
+            )
         session = ChatSession(engine, settings, resolved.name, resolved.source)
         if interactive:
             repl(session)

@@ -1,7 +1,9 @@
 """`rusteeze chat`: one-shot replies (CliRunner and the console script) and the REPL in a pseudo-terminal."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +126,18 @@ def test_empty_stdin_and_usage_errors(tiny_llama_dir):
     )
     assert cli("--max-num-seqs", "many", "-p", "Hi").exit_code == 2
     assert cli("--temperature", "hot", "-p", "Hi").exit_code == 2
+
+
+def test_a_model_without_chat_template_is_refused(tiny_llama_dir, tmp_path):
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_llama_dir, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "chat_template.jinja").unlink()
+    result = cli(str(base), "-p", "Hi", *FAST)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith("Error: base-model has no chat template (a base model?)")
 
 
 def test_console_script_in_a_pipe_prints_plain_text(tiny_llama_dir):
