@@ -502,11 +502,14 @@ class StopStringMatcher:
         if self.stopped:
             return "", True
         text = self._held + delta
-        hit = -1
+        # The stop string that *completes* first wins (ties: the one starting first), as a
+        # token stream would hit it; this makes the result independent of how the text is
+        # split into deltas. `find` gives each string's earliest, hence earliest-ending, match.
+        hit, best = -1, None
         for s in self.stops:
             i = text.find(s)
-            if i >= 0 and (hit < 0 or i < hit):
-                hit, self.matched = i, s
+            if i >= 0 and (best is None or (i + len(s), i) < best):
+                hit, best, self.matched = i, (i + len(s), i), s
         if hit >= 0:
             self.stopped = True
             self._held = ""

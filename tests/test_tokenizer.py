@@ -333,8 +333,9 @@ def run_matcher(stops, deltas):
 
 
 def expected(stops, text):
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """The stop string that completes first wins; on a tie, the one that starts first."""
+    hits = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    return (text[: min(hits)[1]], True) if hits else (text, False)
 
 
 @PROPERTY
