@@ -206,20 +206,23 @@ def _decode_attention(
     tables = block_tables[idx, :nblocks].long()  # [B, nblocks]
     k = k_cache[tables].flatten(1, 2)[:, :max_len]  # [B, L, Hk, D]
     v = v_cache[tables].flatten(1, 2)[:, :max_len]
-    k_pos = torch.arange(max_len, device=q.device).unsqueeze(0)  # [1, L]
-    mask = k_pos < lens.unsqueeze(1)  # [B, L]
-    if sliding_window is not None:
-        mask &= k_pos >= (lens - sliding_window).unsqueeze(1)
-    # Padding slots (past a shorter context) hold whatever the cache held, maybe NaN:
-    # zero them, since a masked score still multiplies its value (0 · NaN = NaN).
-    k = k.masked_fill(~mask[:, :, None, None], 0)
-    v = v.masked_fill(~mask[:, :, None, None], 0)
+    mask = None  # [B, L] keys each query may see; None when all of them (equal lengths, no window)
+    if sliding_window is not None or int(lens.min()) != max_len:
+        k_pos = torch.arange(max_len, device=q.device).unsqueeze(0)  # [1, L]
+        mask = k_pos < lens.unsqueeze(1)
+        if sliding_window is not None:
+            mask &= k_pos >= (lens - sliding_window).unsqueeze(1)
+        # Padding slots (past a shorter context) hold whatever the cache held, maybe NaN:
+        # zero them, since a masked score still multiplies its value (0 · NaN = NaN).
+        k = k.masked_fill(~mask[:, :, None, None], 0)
+        v = v.masked_fill(~mask[:, :, None, None], 0)
+        mask = mask[:, None, None, :]  # [B, 1, 1, L]
     qb = q[rows]  # [B, Hq, D]
     o = F.scaled_dot_product_attention(
         qb.unsqueeze(2),  # [B, Hq, 1, D]
         k.transpose(1, 2).to(q.dtype),  # [B, Hk, L, D]
         v.transpose(1, 2).to(q.dtype),
-        attn_mask=mask[:, None, None, :],  # [B, 1, 1, L]
+        attn_mask=mask,
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[2],
     )  # [B, Hq, 1, D]
