@@ -173,7 +173,8 @@ def load_config_file(path: str | Path) -> tuple[EngineConfig, dict[str, dict[str
     try:
         return EngineConfig.from_dict(data, source=str(path)), sections
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        message = str(e)
+        raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
 
 
 def _unknown_key_message(key: str, names: tuple[str, ...], source: str) -> str:
