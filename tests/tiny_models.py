@@ -121,7 +121,7 @@ def kv_caches_for(model, num_blocks: int, block_size: int) -> list[tuple[torch.T
     """Zeroed per-layer paged caches, each [num_blocks, block_size, Hk, D]."""
     cfg = model.config
     shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
-    dtype = model.embed_tokens.weight.dtype
+    dtype = model.norm.weight.dtype  # the float dtype (embeddings may be quantized)
     return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in range(cfg.num_hidden_layers)]
 
 

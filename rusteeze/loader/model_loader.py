@@ -17,6 +17,8 @@ from rusteeze.loader.safetensors_loader import iter_safetensors, safetensors_fil
 from rusteeze.models.config import ModelConfig
 from rusteeze.models.registry import build_model
 from rusteeze.models.weights import load_weights
+from rusteeze.quant.layers import prepare_quantized
+from rusteeze.quant.loading import quant_plan_from_config
 from rusteeze.tokenizer import Tokenizer
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -69,8 +71,13 @@ def load_model_from_path(
     device: str = "auto",
     kernel_backend: str = "auto",
     max_model_len: int | None = None,
+    gguf_direct: bool = True,
 ) -> LoadedModel:
-    """Load an HF directory (safetensors) or a .gguf file.
+    """Load an HF directory (safetensors, float or rusteeze-quantized) or a .gguf file.
+
+    ``gguf_direct``: load a GGUF's Q8_0/Q4_0/Q4_1 weights straight into
+    quantized layers (resident weights stay 4-8 bits); False dequantizes
+    every tensor to ``dtype``.
 
     Raises:
         ModelNotFoundError: the path does not exist or holds no model.
@@ -78,6 +85,7 @@ def load_model_from_path(
     """
     start = time.perf_counter()
     path = Path(path)
+    plan = None
     dev = resolve_device(device)
     if path.is_file() and path.suffix == ".gguf":
         reader = open_gguf(path)
@@ -87,16 +95,24 @@ def load_model_from_path(
         tokenizer = tokenizer_from_gguf(reader, path)
         defaults: dict[str, Any] = {}
         weights = iter_gguf_tensors(reader, cfg, path)
+        if gguf_direct:
+            from rusteeze.quant.gguf_direct import gguf_plan, iter_gguf_quantized
+
+            plan = gguf_plan(reader)
+            weights = iter_gguf_quantized(reader, cfg, path, plan)
     elif path.is_dir() and (path / "config.json").exists():
         cfg = model_config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
         tokenizer = Tokenizer.from_dir(path)
         defaults = generation_defaults(path / "generation_config.json")
         weights = iter_safetensors(safetensors_files(path))
+        plan = quant_plan_from_config(cfg, str(path / "config.json"))
     else:
         raise ModelNotFoundError(f"{path} is neither a .gguf file nor a directory with config.json")
     torch_dtype = resolve_dtype(dtype, dev, cfg.torch_dtype)
-    model = build_model(cfg, get_ops(kernel_backend), torch_dtype, dev, max_positions=max_model_len)
+    model = build_model(cfg, get_ops(kernel_backend), torch_dtype, dev, max_positions=max_model_len, quant_plan=plan)
     load_weights(model, weights)
+    if plan:
+        prepare_quantized(model, kernel_backend)
     return LoadedModel(
         model=model,
         config=cfg,

@@ -172,5 +172,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, H] → [N, V] float32 logits."""
+        if self.lm_head is None and hasattr(self.embed_tokens, "logits"):  # quantized tied embedding
+            return self.embed_tokens.logits(hidden).float()
+        if self.lm_head is not None and not isinstance(self.lm_head, nn.Linear):  # quantized lm_head
+            return self.lm_head(hidden).float()
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return torch.nn.functional.linear(hidden, weight).float()

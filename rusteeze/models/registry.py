@@ -32,17 +32,28 @@ def model_class(architecture: str) -> type[nn.Module]:
 
 
 def build_model(
-    cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_positions: int | None = None
+    cfg: ModelConfig,
+    ops: Ops,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int | None = None,
+    quant_plan: dict | None = None,
 ) -> nn.Module:
     """Instantiate the model with uninitialized weights of ``dtype`` on ``device``.
 
     Parameters are created on the meta device first and then allocated without
     initialization, so building costs one allocation and no compute; the caller
-    fills them with :func:`rusteeze.models.weights.load_weights`.
+    fills them with :func:`rusteeze.models.weights.load_weights`. ``quant_plan``
+    (module name → ``rusteeze.quant.LayerQuant``) swaps those layers for quantized
+    ones before allocation; ``dtype`` then applies to their float tensors only.
     """
     cls = model_class(cfg.architecture)
     with torch.device("meta"):
         model = cls(cfg, ops, max_positions=max_positions)
+        if quant_plan:
+            from rusteeze.quant.layers import quantize_modules
+
+            quantize_modules(model, quant_plan)
     model = model.to(dtype).to_empty(device=device)
     model.build_rope(device)
     return model.eval().requires_grad_(False)

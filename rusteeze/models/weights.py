@@ -33,8 +33,8 @@ def _target(model: nn.Module, name: str) -> tuple[str, int | None] | None:
     """Our parameter name and shard index for an HF tensor name, or None to skip it."""
     if name.endswith(_IGNORED):
         return None
-    if name == "lm_head.weight":
-        return (None, None) if model.lm_head is None else ("lm_head.weight", None)
+    if name.startswith("lm_head."):
+        return (None, None) if model.lm_head is None else (name, None)
     if name.startswith("model.") and not _LAYER.match(name):
         return name[len("model.") :], None
     match = _LAYER.match(name)
@@ -59,7 +59,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
             expected and actual shapes) or tensors missing at the end.
     """
     cfg: ModelConfig = model.config
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) | dict(model.named_buffers())  # quantized layers hold buffers
     pending = {name: set(range(len(_shard_sizes(cfg, name)))) if _is_fused(name) else {None} for name in params}
     for name, tensor in weights:
         target = _target(model, name)
@@ -83,6 +83,19 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
     missing = sorted(p for p, shards in pending.items() if shards)
     if missing:
         raise ModelLoadError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+
+
+def module_name(name: str) -> str:
+    """Module name of an HF tensor: "model.layers.3.self_attn.k_proj.weight" → "layers.3.self_attn.qkv_proj"."""
+    # (tensor leaf dropped; q/k/v and gate/up map to their fused module)
+    module = name.rpartition(".")[0]
+    if module == "lm_head":
+        return module
+    match = _LAYER.match(module)
+    if match is None:
+        return module.removeprefix("model.")
+    index, rest = match.groups()
+    return f"layers.{index}.{_FUSED[rest][0] if rest in _FUSED else rest}"
 
 
 def _is_fused(pname: str) -> bool:

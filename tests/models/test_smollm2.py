@@ -20,7 +20,7 @@ NEW_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf_path):
-    return load_model_from_path(smollm2_gguf_path, kernel_backend="torch")
+    return load_model_from_path(smollm2_gguf_path, kernel_backend="torch", gguf_direct=False)
 
 
 @pytest.fixture(scope="module")

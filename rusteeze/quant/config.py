@@ -1,0 +1,109 @@
+"""What a quantized checkpoint holds: the ``quantization_config`` block and the per-layer plan.
+
+A rusteeze-quantized HF directory carries, in ``config.json``::
+
+    "quantization_config": {"quant_method": "rusteeze", "method": "int4", "bits": 4,
+                            "group_size": 64, "format_version": 1, "embeddings": "int8"}
+
+``embeddings`` is ``"int8"`` when ``--quantize-embeddings`` was given (the token
+embedding and the lm_head are then int8 per row, whatever ``method`` is), else
+null (they are stored in float16).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from rusteeze.errors import QuantizationError, UnsupportedModelError
+
+FORMAT_VERSION = 1
+METHODS = {"int8": 8, "int4": 4}
+GROUP_SIZES = (32, 64, 128)
+QUANT_METHOD = "rusteeze"
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """How one layer's weight is stored.
+
+    Attributes:
+        method: "int8" (per output channel, symmetric) or "int4" (group-wise, asymmetric).
+        group_size: columns per int4 group; None for int8.
+    """
+
+    method: str
+    group_size: int | None = None
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A whole-model quantization request (what ``rusteeze quantize`` takes).
+
+    Attributes:
+        method: "int8" or "int4".
+        group_size: int4 group size (32, 64 or 128); ignored (None) for int8.
+        quantize_embeddings: also store the embedding and lm_head as int8 per row.
+    """
+
+    method: str
+    group_size: int | None = 64
+    quantize_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QuantizationError(f"unknown quantization method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.method == "int8":
+            object.__setattr__(self, "group_size", None)
+        elif self.group_size not in GROUP_SIZES:
+            sizes = ", ".join(map(str, GROUP_SIZES))
+            raise QuantizationError(f"int4 group size must be one of {sizes}, got {self.group_size}")
+
+    @property
+    def linear(self) -> LayerQuant:
+        """The format of every attention and MLP projection."""
+        return LayerQuant(self.method, self.group_size)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``quantization_config`` block written into config.json."""
+        return {
+            "quant_method": QUANT_METHOD,
+            "method": self.method,
+            "bits": METHODS[self.method],
+            "group_size": self.group_size,
+            "format_version": FORMAT_VERSION,
+            "embeddings": "int8" if self.quantize_embeddings else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, source: str = "config.json") -> "QuantConfig":
+        """Parse a ``quantization_config`` block.
+
+        Raises:
+            UnsupportedModelError: the block is another tool's (GPTQ, AWQ, bitsandbytes...)
+                or a newer format version.
+            ModelLoadError-like QuantizationError: a rusteeze block with bad values.
+        """
+        if not isinstance(raw, dict) or raw.get("quant_method", QUANT_METHOD) != QUANT_METHOD or "method" not in raw:
+            kind = raw.get("quant_method") if isinstance(raw, dict) else raw
+            raise UnsupportedModelError(f"{source}: quantization {kind!r} is not supported (only rusteeze int8/int4)")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise UnsupportedModelError(
+                f"{source}: quantization format_version {raw.get('format_version')!r} is not supported "
+                f"(this rusteeze reads version {FORMAT_VERSION})"
+            )
+        return cls(raw["method"], raw.get("group_size"), raw.get("embeddings") == "int8")
+
+
+def linear_module_names(num_layers: int) -> list[str]:
+    """Our module names of every attention and MLP projection (fused q/k/v and gate/up)."""
+    leaves = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+    return [f"layers.{i}.{leaf}" for i in range(num_layers) for leaf in leaves]
+
+
+def plan_for(cfg: QuantConfig, num_layers: int, tied: bool) -> dict[str, LayerQuant]:
+    """Module name → LayerQuant for a model quantized with ``cfg``."""
+    plan = {name: cfg.linear for name in linear_module_names(num_layers)}
+    if cfg.quantize_embeddings:
+        plan["embed_tokens"] = LayerQuant("int8")
+        if not tied:
+            plan["lm_head"] = LayerQuant("int8")
+    return plan
