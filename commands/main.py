@@ -7,6 +7,7 @@ from rusteeze.commands.bench import bench
 from rusteeze.commands.chat import chat
 from rusteeze.commands.list_models import list_models
 from rusteeze.commands.pull import pull
+from rusteeze.commands.quantize import quantize
 from rusteeze.commands.rm import rm
 from rusteeze.commands.serve import serve
 
@@ -35,6 +36,7 @@ def main(
 app.command("pull")(pull)
 app.command("list")(list_models)
 app.command("rm")(rm)
+app.command("quantize")(quantize)
 app.command("chat")(chat)
 app.command("bench")(bench)
 app.command("serve")(serve)

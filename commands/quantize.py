@@ -1,0 +1,53 @@
+"""`rusteeze quantize`: write an int8 / int4 copy of a model as an HF directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rusteeze.commands.common import Debug, cli_errors, stderr_console
+from rusteeze.loader.model_info import human_size
+from rusteeze.quant.config import QuantConfig
+from rusteeze.quant.convert import quantize_model
+
+
+def quantize(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="An HF directory, a .gguf file, or a store name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The directory to write (HF layout).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="int8 (per channel) or int4 (per group).")] = "int4",
+    group_size: Annotated[int, typer.Option("--group-size", "-g", help="int4 group size: 32, 64 or 128.")] = 64,
+    quantize_embeddings: Annotated[
+        bool, typer.Option("--quantize-embeddings", help="Also store the embedding and lm_head as int8.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT when it exists.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Quantize MODEL's linear layers to int8 or int4 and save the result under OUT."""
+    console = stderr_console()
+    with cli_errors(debug):
+        quant = QuantConfig(method, group_size, quantize_embeddings)
+        from rusteeze.loader.resolve import resolve_model
+
+        path = Path(model) if Path(model).exists() else resolve_model(model).path
+        seen: set[str] = set()
+
+        def progress(name: str) -> None:
+            layer = name.split(".")[2] if name.startswith("model.layers.") else None
+            if layer is not None and layer not in seen:
+                seen.add(layer)
+                console.print(f"  layer {layer}", style="dim", highlight=False)
+
+        console.print(
+            f"Quantizing {path} → {output} ({quant.method}"
+            + (f", group {quant.group_size})" if quant.group_size else ")"),
+            highlight=False,
+        )
+        result = quantize_model(path, output, quant, force=force, on_module=progress)
+        ratio = result.output_bytes / max(result.source_bytes, 1)
+        typer.echo(
+            f"Wrote {result.output}: {human_size(result.source_bytes)} → {human_size(result.output_bytes)} "
+            f"({ratio:.2f}×) in {result.seconds:.1f} s"
+        )
+        typer.echo(f"Chat with it: rusteeze chat {result.output}")
