@@ -77,9 +77,20 @@ class QuantEmbedding(QuantLinear):
         """ids: [T] → [T, H] float32 rows."""
         return self.weight[ids].float() * self.weight_scale[ids].float()[:, None]
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [T, H] → [T, V], the tied lm_head."""
-        return super().forward(hidden)
+    def logits(self, hidden: torch.Tensor, refine: int = 8) -> torch.Tensor:
+        """hidden: [T, H] → [T, V] float32, the tied lm_head.
+
+        The CPU kernel returns bf16 (about 3 significant digits), enough to tie
+        or swap the top candidates; their ``refine`` largest logits are
+        recomputed exactly in float32 so greedy choices match the exact path.
+        """
+        out = super().forward(hidden.float()).float()  # [T, V]
+        if not self.cpu_kernel or refine <= 0:
+            return out
+        top = out.topk(min(refine, out.shape[-1]), dim=-1).indices  # [T, k]
+        rows = self.weight[top].float() * self.weight_scale[top].float()[..., None]  # [T, k, H]
+        exact = torch.einsum("tkh,th->tk", rows, hidden.float())
+        return out.scatter_(-1, top, exact)
 
 
 def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
