@@ -47,28 +47,33 @@ def bench(fn, reps: int = 30) -> float:
     return times[len(times) // 4] * 1e6
 
 
+def measure(n: int, k: int, m: int) -> dict[str, float]:
+    """Time every candidate for an [N, K] weight and [M, K] activations."""
+    aten = torch.ops.aten
+    x = torch.randn(m, k)
+    xb = x.bfloat16()
+    w = torch.randn(n, k)
+    w8 = torch.randint(-127, 127, (n, k), dtype=torch.int8)
+    s = torch.rand(n)
+    g = 64
+    w4 = aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (n, k), dtype=torch.int32), 1)
+    sz = torch.rand(k // g, n, 2).bfloat16()
+    return {
+        "f32": bench(lambda: F.linear(x, w)),
+        "i8pack_bf16": bench(lambda: aten._weight_int8pack_mm(xb, w8, s.bfloat16())),
+        "i4pack_bf16": bench(lambda: aten._weight_int4pack_mm_for_cpu(xb, w4, g, sz)),
+        "i8_dequant": bench(lambda: F.linear(x, w8.float()) * s, reps=5),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    aten = torch.ops.aten
     for n, k in SHAPES:
         for m in (1, 32):
-            x = torch.randn(m, k)
-            xb = x.bfloat16()
-            w = torch.randn(n, k)
-            w8 = torch.randint(-127, 127, (n, k), dtype=torch.int8)
-            s = torch.rand(n)
-            g = 64
-            w4 = aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (n, k), dtype=torch.int32), 1)
-            sz = torch.rand(k // g, n, 2)
-            row = {
-                "f32": bench(lambda: F.linear(x, w)),
-                "i8pack_bf16": bench(lambda: aten._weight_int8pack_mm(xb, w8, s.bfloat16())),
-                "i4pack_bf16": bench(lambda: aten._weight_int4pack_mm_for_cpu(xb, w4, g, sz.bfloat16())),
-                "i8_dequant": bench(lambda: F.linear(x, w8.float()) * s, reps=5),
-            }
+            row = measure(n, k, m)
             print(f"{n}x{k} M={m}: " + "  ".join(f"{name} {us:.0f}" for name, us in row.items()), flush=True)
 
 
