@@ -75,7 +75,9 @@ def _stream(url: str, max_tokens: int, first_chunk: threading.Event, results: li
 
 def test_sigterm_during_streams_exits_0_and_ends_every_stream(tiny_llama_dir):
     proc = subprocess.Popen(
-        rusteeze("serve", str(tiny_llama_dir), "--port", "0", "--shutdown-timeout", "0.5", *ENGINE_FLAGS),
+        # A 512-token context so the 500-token streams cannot finish within the 0.5 s grace period.
+        rusteeze("serve", str(tiny_llama_dir), "--port", "0", "--shutdown-timeout", "0.5", *ENGINE_FLAGS,
+                 "--max-model-len", "512"),
         stderr=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
     log: list[str] = []
@@ -95,7 +97,7 @@ def test_sigterm_during_streams_exits_0_and_ends_every_stream(tiny_llama_dir):
         started = [threading.Event() for _ in range(4)]
         threads = [
             threading.Thread(target=_stream, args=(url, tokens, ev, results))
-            for tokens, ev in zip((3, 100, 100, 100), started, strict=True)
+            for tokens, ev in zip((3, 500, 500, 500), started, strict=True)
         ]
         for t in threads:
             t.start()
