@@ -9,10 +9,13 @@ same work: (1) output tokens/s on ``num_prompts`` prompts of ``input_len``
 random token ids, ``output_len`` new tokens each, all submitted at once;
 (2) single-stream decode tokens/s (one prompt, after its first token);
 (3) the time to prefill one 1024-token prompt. rusteeze and transformers run
-the model in float32 from the same GGUF (dequantized at load); llama.cpp runs
+the same GGUF: rusteeze loads Q4_1/Q8_0 directly into its int4/int8 layers
+(activations go through bf16 in its packed int kernels; the default for .gguf
+files), transformers dequantizes to
+float32; llama.cpp runs
 the GGUF as is (Q4_1), through llama-cpp-python when it is installed
 (``pip install llama-cpp-python``; it compiles for a few minutes).
-Decode bandwidth = float32 weight bytes × single-stream tokens/s.
+Decode bandwidth = resident weight bytes × single-stream tokens/s.
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ def make_prompts(n: int, length: int, seed: int = 0, low: int = 1000, high: int 
 def bench_rusteeze(model: str, prompts, output_len: int, profile: bool) -> dict:
     from rusteeze import LLM, SamplingParams
 
-    llm = LLM(model, dtype="float32", max_model_len=2048, max_num_seqs=len(prompts), kv_cache_memory="2GiB")
+    # No prefix caching: the prefill figure repeats the same prompt, and the peers have no cache.
+    llm = LLM(
+        model,
+        dtype="float32",
+        max_model_len=2048,
+        max_num_seqs=len(prompts),
+        kv_cache_memory="2GiB",
+        enable_prefix_caching=False,
+    )
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
     start = time.perf_counter()
@@ -63,7 +74,10 @@ def bench_rusteeze(model: str, prompts, output_len: int, profile: bool) -> dict:
         "throughput_tok_s": tokens / elapsed,
         "single_decode_tok_s": (output_len - 1) / min(decode_s),
         "prefill_1024_s": min(prefill_s),
-        "weight_bytes": sum(p.numel() * p.element_size() for p in llm.engine.loaded.model.parameters()),
+        "weight_bytes": sum(  # quantized layers keep their packed weights in buffers
+            t.numel() * t.element_size()
+            for t in (*llm.engine.loaded.model.parameters(), *llm.engine.loaded.model.buffers())
+        ),
     }
     if profile:
         profile_decode_step(llm, prompts, params)
