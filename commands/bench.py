@@ -25,6 +25,7 @@ from rusteeze.commands.options import (
     MaxNumBatchedTokens,
     MaxNumSeqs,
     Model,
+    NoGgufDirect,
     NoPrefixCaching,
     engine_config,
 )
@@ -85,6 +86,7 @@ def bench(
     max_num_batched_tokens: MaxNumBatchedTokens = None,
     no_prefix_caching: NoPrefixCaching = False,
     kernel_backend: KernelBackend = None,
+    no_gguf_direct: NoGgufDirect = False,
     debug: Debug = False,
 ) -> None:
     """Benchmark throughput and latency: TTFT, TPOT and ITL percentiles, prefill speed, peak memory."""
@@ -122,6 +124,7 @@ def bench(
                 max_num_batched_tokens=max_num_batched_tokens,
                 no_prefix_caching=no_prefix_caching,
                 kernel_backend=kernel_backend,
+                no_gguf_direct=no_gguf_direct,
                 seed=seed,
             )
             check_sizes(num_prompts, input_len, output_len)  # before the model loads

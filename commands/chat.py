@@ -30,6 +30,7 @@ from rusteeze.commands.options import (
     MaxNumBatchedTokens,
     MaxNumSeqs,
     Model,
+    NoGgufDirect,
     NoPrefixCaching,
     engine_config,
 )
@@ -68,6 +69,7 @@ def chat(
     max_num_batched_tokens: MaxNumBatchedTokens = None,
     no_prefix_caching: NoPrefixCaching = False,
     kernel_backend: KernelBackend = None,
+    no_gguf_direct: NoGgufDirect = False,
     debug: Debug = False,
 ) -> None:
     """Chat with a model: a >>> prompt on a terminal; -p PROMPT, or a prompt on stdin, prints one reply."""
@@ -83,6 +85,7 @@ def chat(
             max_num_batched_tokens=max_num_batched_tokens,
             no_prefix_caching=no_prefix_caching,
             kernel_backend=kernel_backend,
+            no_gguf_direct=no_gguf_direct,
         )
         flags = dict(system=system, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens)
         settings = chat_settings(sections["chat"], str(config or "[chat]"), seed=seed, verbose=verbose or None, **flags)

@@ -8,7 +8,8 @@ Usage, in a command file:
         with cli_errors(debug):
             cfg, sections = engine_config(model, config, dtype=dtype, ...)
 
-Every option defaults to "not given" (None, or False for `--no-prefix-caching`), so
+Every option defaults to "not given" (None, or False for `--no-prefix-caching` and
+`--no-gguf-direct`), so
 :func:`engine_config` can apply the precedence flag > config file > defaults: a flag
 overrides the file only when the user typed it. A value of the wrong type (`--max-num-seqs
 abc`) is a usage error (exit 2, Typer's convention); a value of the right type that the
@@ -38,6 +39,7 @@ __all__ = [
     "MaxNumBatchedTokens",
     "MaxNumSeqs",
     "Model",
+    "NoGgufDirect",
     "NoPrefixCaching",
     "engine_config",
 ]
@@ -131,6 +133,16 @@ NoPrefixCaching = Annotated[
         show_default=False,
     ),
 ]
+NoGgufDirect = Annotated[
+    bool,
+    typer.Option(
+        "--no-gguf-direct",
+        help="Dequantize a GGUF's Q8_0/Q4_0/Q4_1 tensors to the engine dtype instead of loading them "
+        "into int8/int4 layers (no effect on other models).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
 KernelBackend = Annotated[
     str | None,
     typer.Option(
@@ -155,6 +167,7 @@ def engine_config(
     max_num_batched_tokens: int | None = None,
     no_prefix_caching: bool = False,
     kernel_backend: str | None = None,
+    no_gguf_direct: bool = False,
     **extra: Any,
 ) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
     """Build the EngineConfig of a command: flags given > the config file > the defaults.
@@ -162,7 +175,7 @@ def engine_config(
     Args:
         model: the MODEL argument (None: the file's `model`, else the default model).
         config_file: the `--config` file, if any.
-        dtype ... kernel_backend: the shared flags, None (False) when not given.
+        dtype ... no_gguf_direct: the shared flags, None (False) when not given.
         **extra: more EngineConfig fields a command sets itself (e.g. bench's `seed`); None means not given.
 
     Returns:
@@ -185,6 +198,7 @@ def engine_config(
         "max_num_batched_tokens": max_num_batched_tokens,
         "enable_prefix_caching": False if no_prefix_caching else None,
         "kernel_backend": kernel_backend,
+        "gguf_direct": False if no_gguf_direct else None,
         **extra,
     }
     given = {key: value for key, value in flags.items() if value is not None}
@@ -195,7 +209,8 @@ def engine_config(
 
 def flag_name(key: str) -> str:
     """The command-line flag of an EngineConfig field (`max_num_seqs` → `--max-num-seqs`)."""
-    return "--no-prefix-caching" if key == "enable_prefix_caching" else "--" + key.replace("_", "-")
+    negated = {"enable_prefix_caching": "--no-prefix-caching", "gguf_direct": "--no-gguf-direct"}
+    return negated.get(key, "--" + key.replace("_", "-"))
 
 
 def _check_flag(key: str, value: Any) -> None:

@@ -26,6 +26,7 @@ from rusteeze.commands.options import (
     MaxNumBatchedTokens,
     MaxNumSeqs,
     Model,
+    NoGgufDirect,
     NoPrefixCaching,
     engine_config,
 )
@@ -103,6 +104,7 @@ def serve(
     max_num_batched_tokens: MaxNumBatchedTokens = None,
     no_prefix_caching: NoPrefixCaching = False,
     kernel_backend: KernelBackend = None,
+    no_gguf_direct: NoGgufDirect = False,
     debug: Debug = False,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (completions, chat, streaming, metrics)."""
@@ -125,6 +127,7 @@ def serve(
             max_num_batched_tokens=max_num_batched_tokens,
             no_prefix_caching=no_prefix_caching,
             kernel_backend=kernel_backend,
+            no_gguf_direct=no_gguf_direct,
         )
         origins = [o.strip() for value in allowed_origins or [] for o in value.split(",") if o.strip()]
         flags = {

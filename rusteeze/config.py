@@ -79,6 +79,9 @@ class EngineConfig:
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
         kernel_backend: "auto" (Triton on CUDA, torch otherwise), "triton" or "torch".
         seed: seed of the global random generator (per-request seeds override).
+        gguf_direct: load a GGUF's Q8_0/Q4_0/Q4_1 tensors straight into the int8/int4
+            quantized layers; False dequantizes every GGUF tensor to ``dtype`` (the
+            float path). No effect on other models.
     """
 
     model: str | None = None
@@ -92,6 +95,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"
     seed: int = 0
+    gguf_direct: bool = True
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -110,6 +114,8 @@ class EngineConfig:
         _check_int("seed", self.seed, minimum=0)
         if not isinstance(self.enable_prefix_caching, bool):
             raise ConfigError(f"enable_prefix_caching = {self.enable_prefix_caching!r} must be true or false")
+        if not isinstance(self.gguf_direct, bool):
+            raise ConfigError(f"gguf_direct = {self.gguf_direct!r} must be true or false")
         object.__setattr__(self, "kv_cache_memory", parse_size(self.kv_cache_memory, "kv_cache_memory"))
 
     @classmethod

@@ -10,6 +10,7 @@ def test_defaults_are_valid_and_frozen():
     config = EngineConfig()
     assert config.kv_cache_memory == 1024**3
     assert config.enable_prefix_caching and config.kernel_backend == "auto"
+    assert config.gguf_direct is True
     with pytest.raises(AttributeError):
         config.block_size = 32  # type: ignore[misc]
 
@@ -39,6 +40,8 @@ def test_bad_sizes_name_the_key(bad):
         ("max_num_seqs", "8", "max_num_seqs = '8' must be an integer"),
         ("max_model_len", -5, "max_model_len = -5 must be at least 1"),
         ("enable_prefix_caching", "yes", "enable_prefix_caching = 'yes' must be true or false"),
+        ("gguf_direct", "no", "gguf_direct = 'no' must be true or false"),
+        ("gguf_direct", 0, "gguf_direct = 0 must be true or false"),
         ("model", "", "model = '' must be a non-empty string"),
     ],
 )
@@ -72,6 +75,14 @@ def test_toml_file_with_sections(tmp_path):
     assert sections == {"server": {"port": 9000}, "chat": {"system": "Be brief."}}
 
 
+def test_toml_gguf_direct(tmp_path):
+    path = tmp_path / "rusteeze.toml"
+    path.write_text("gguf_direct = false\n")
+    assert load_config_file(path)[0].gguf_direct is False
+    path.write_text("gguf_direct = true\n")
+    assert load_config_file(path)[0].gguf_direct is True
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
@@ -79,6 +90,7 @@ def test_toml_file_with_sections(tmp_path):
         ("blok_size = 16\n", "did you mean 'block_size'"),
         ("model = \n", "is not valid TOML"),
         ("[serve]\nport = 1\n", "unknown table [serve]"),
+        ('gguf_direct = "off"\n', "gguf_direct = 'off' must be true or false"),
     ],
 )
 def test_bad_toml_names_the_file(tmp_path, content, fragment):

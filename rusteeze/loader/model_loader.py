@@ -136,4 +136,5 @@ def load_model(config: EngineConfig) -> LoadedModel:
         device=config.device,
         kernel_backend=config.kernel_backend,
         max_model_len=config.max_model_len,
+        gguf_direct=config.gguf_direct,
     )

@@ -3,10 +3,13 @@
 import pytest
 from typer.testing import CliRunner
 
+from rusteeze.commands import bench as bench_command
+from rusteeze.commands import chat as chat_command
+from rusteeze.commands import serve as serve_command
 from rusteeze.commands.main import app
 from rusteeze.commands.options import engine_config, flag_name
 from rusteeze.config import EngineConfig
-from rusteeze.errors import ConfigError
+from rusteeze.errors import ConfigError, RusteezeError
 
 SHARED = (
     "--config",
@@ -18,6 +21,7 @@ SHARED = (
     "--max-num-batched-tokens",
     "--no-prefix-caching",
     "--kernel-backend",
+    "--no-gguf-direct",
     "--debug",
 )
 
@@ -27,6 +31,7 @@ def config_file(tmp_path):
     path = tmp_path / "rusteeze.toml"
     path.write_text(
         'model = "from-file"\ndtype = "float16"\nmax_num_seqs = 8\nenable_prefix_caching = false\n'
+        "gguf_direct = false\n"
         '[chat]\nsystem = "Be brief."\n'
     )
     return path
@@ -46,6 +51,7 @@ def test_the_file_overrides_defaults_and_given_flags_override_the_file(config_fi
         8,
         False,
     )
+    assert config.gguf_direct is False
     assert config.max_num_batched_tokens == EngineConfig().max_num_batched_tokens
     assert sections["chat"] == {"system": "Be brief."}
     config, _ = engine_config("my-model", config_file, dtype="bfloat16", kv_cache_memory="512MiB", max_model_len=64)
@@ -56,6 +62,19 @@ def test_the_file_overrides_defaults_and_given_flags_override_the_file(config_fi
 def test_no_prefix_caching_only_turns_caching_off():
     assert engine_config(None, no_prefix_caching=True)[0].enable_prefix_caching is False
     assert engine_config(None, no_prefix_caching=False)[0].enable_prefix_caching is True
+
+
+def test_no_gguf_direct_only_turns_gguf_direct_off():
+    config = engine_config(None, no_gguf_direct=True)[0]
+    assert config.gguf_direct is False
+    assert config == EngineConfig(gguf_direct=False)
+    assert engine_config(None, no_gguf_direct=False)[0].gguf_direct is True
+
+
+def test_not_typing_no_gguf_direct_keeps_the_files_value(tmp_path):
+    path = tmp_path / "rusteeze.toml"
+    path.write_text("gguf_direct = false\n")
+    assert engine_config(None, path)[0].gguf_direct is False
 
 
 @pytest.mark.parametrize(
@@ -87,6 +106,7 @@ def test_file_errors_name_the_file(tmp_path):
 def test_flag_names():
     assert flag_name("max_num_seqs") == "--max-num-seqs"
     assert flag_name("enable_prefix_caching") == "--no-prefix-caching"
+    assert flag_name("gguf_direct") == "--no-gguf-direct"
 
 
 @pytest.mark.parametrize("command", ["chat", "bench", "serve"])
@@ -107,3 +127,23 @@ def test_invalid_config_file_is_one_line_and_wrong_types_are_usage_errors(tmp_pa
     assert result.stderr.startswith(f"Error: config file {bad} is not valid TOML") and result.stderr.count("\n") == 1
     usage = CliRunner().invoke(app, ["bench", "--max-model-len", "long"])
     assert usage.exit_code == 2 and "Invalid value for '--max-model-len'" in usage.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "module"), [("chat", chat_command), ("bench", bench_command), ("serve", serve_command)]
+)
+def test_no_gguf_direct_flag_reaches_the_engine_config(command, module, monkeypatch):
+    """The real engine_config runs; the command stops right after it, before any model loads."""
+    seen: list[EngineConfig] = []
+
+    def capture(*args, **kwargs):
+        seen.append(engine_config(*args, **kwargs)[0])
+        raise RusteezeError("stopped after engine_config")
+
+    monkeypatch.setattr(module, "engine_config", capture)
+    extra = ["-p", "Hi"] if command == "chat" else []
+    for flags, expected in (([], True), (["--no-gguf-direct"], False)):
+        result = CliRunner().invoke(app, [command, "some-model", *extra, *flags])
+        assert result.exit_code == 1 and "stopped after engine_config" in result.stderr
+        assert seen[-1].gguf_direct is expected and seen[-1].model == "some-model"
+    assert len(seen) == 2
