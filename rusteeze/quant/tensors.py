@@ -45,18 +45,54 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(1)
 
 
+# (fraction of the range clipped at the bottom, at the top) tried per group; the first is plain min/max.
+CLIP_CANDIDATES = ((0.0, 0.0), (0.06, 0.0), (0.0, 0.06), (0.06, 0.06))
+REFIT_STEPS = 2
+
+
 def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w: [N, K] float → (packed [N, K/2] uint8, scales [N, K/G], mins [N, K/G]) float32.
 
-    Each group maps its [min, max] range onto 0..15 (asymmetric, min exact).
+    Per group, the squared error is minimized over a few candidates: the
+    group's [min, max] range mapped onto 0..15 (the first candidate), the same
+    range with a little clipped at either end (outliers cost less than the
+    resolution they take from every other weight), and for each, ``REFIT_STEPS``
+    rounds of refitting scale and min by least squares for the chosen integers,
+    then re-rounding (as llama.cpp's k-quant search does). The result is never
+    worse than plain min/max; on SmolLM2 it takes group-64 perplexity from
+    +24 % to +17 % (docs/quantization.md).
     """
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)  # [N, G', G]
-    lo = wg.amin(dim=-1)
-    hi = wg.amax(dim=-1)
-    scales = ((hi - lo) / 15.0).clamp(min=1e-12)  # [N, G']
-    q = torch.round((wg - lo[..., None]) / scales[..., None]).clamp_(0, 15).reshape(n, k)
-    return pack_int4(q), scales, lo
+    lo, hi = wg.amin(dim=-1, keepdim=True), wg.amax(dim=-1, keepdim=True)  # [N, G', 1]
+    span = hi - lo
+    best: tuple[torch.Tensor, ...] | None = None  # (error, q, scale, min)
+    for clip_lo, clip_hi in CLIP_CANDIDATES:
+        mins = lo + clip_lo * span
+        scales = ((hi - clip_hi * span - mins) / 15.0).clamp(min=1e-12)
+        q = torch.round((wg - mins) / scales).clamp_(0, 15)  # [N, G', G]
+        for step in range(REFIT_STEPS + 1):
+            if step:
+                scales, mins = _refit(wg, q, scales)
+                q = torch.round((wg - mins) / scales).clamp_(0, 15)
+            error = (q * scales + mins - wg).square().sum(dim=-1, keepdim=True)  # [N, G', 1]
+            if best is None:
+                best = (error, q, scales, mins)
+                continue
+            better = error < best[0]
+            best = tuple(torch.where(better, new, old) for new, old in zip((error, q, scales, mins), best, strict=True))
+    _, q, scales, mins = best
+    return pack_int4(q.reshape(n, k)), scales.squeeze(-1), mins.squeeze(-1)
+
+
+def _refit(wg: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares (scale, min) of ``wg ≈ q · scale + min`` per group, for fixed integers q ([N, G', G])."""
+    q_mean, w_mean = q.mean(dim=-1, keepdim=True), wg.mean(dim=-1, keepdim=True)
+    q_centered = q - q_mean
+    var = q_centered.square().sum(dim=-1, keepdim=True)
+    cov = (q_centered * (wg - w_mean)).sum(dim=-1, keepdim=True)
+    fitted = torch.where(var > 0, cov / var.clamp(min=1e-12), scales).clamp(min=1e-12)  # constant group: keep
+    return fitted, w_mean - fitted * q_mean
 
 
 def _gguf_blocks(raw: np.ndarray, qtype: GGMLQuantizationType) -> torch.Tensor:

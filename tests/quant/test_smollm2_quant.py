@@ -64,7 +64,8 @@ def test_gguf_direct_gives_the_dequantized_models_logits(direct_model, float_mod
     assert a.argmax() == b.argmax()
 
 
-@pytest.mark.parametrize(("method", "group", "limit"), [("int8", None, 1.01), ("int4", 32, 1.10)])
+# int4 group 64 re-rounds an already 4-bit model: +17 % with the error search (plain min/max: +24 %).
+@pytest.mark.parametrize(("method", "group", "limit"), [("int8", None, 1.01), ("int4", 32, 1.10), ("int4", 64, 1.20)])
 def test_quantized_perplexity_stays_close_to_float(
     smollm2_gguf_path, tmp_path, float_ppl, text_ids, method, group, limit
 ):
