@@ -8,14 +8,14 @@ Three figures per engine, all greedy with EOS ignored so every engine does the
 same work: (1) output tokens/s on ``num_prompts`` prompts of ``input_len``
 random token ids, ``output_len`` new tokens each, all submitted at once;
 (2) single-stream decode tokens/s (one prompt, after its first token);
-(3) the time to prefill one 1024-token prompt. rusteeze and transformers run
-the same GGUF: rusteeze loads Q4_1/Q8_0 directly into its int4/int8 layers
+(3) the time to prefill one 1024-token prompt. Every engine runs the same
+GGUF: ``rusteeze`` loads Q4_1/Q8_0 directly into its int4/int8 layers
 (activations go through bf16 in its packed int kernels; the default for .gguf
-files), transformers dequantizes to
-float32; llama.cpp runs
-the GGUF as is (Q4_1), through llama-cpp-python when it is installed
-(``pip install llama-cpp-python``; it compiles for a few minutes).
-Decode bandwidth = resident weight bytes × single-stream tokens/s.
+files); ``rusteeze-f32`` (``gguf_direct=False``) and transformers dequantize it
+to float32, so they do the same math; llama.cpp runs the GGUF as is (Q4_1),
+through llama-cpp-python when it is installed (``pip install llama-cpp-python``;
+it compiles for a few minutes). Decode bandwidth = resident weight bytes ×
+single-stream tokens/s.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def make_prompts(n: int, length: int, seed: int = 0, low: int = 1000, high: int 
     return [[rng.randrange(low, high) for _ in range(length)] for _ in range(n)]
 
 
-def bench_rusteeze(model: str, prompts, output_len: int, profile: bool) -> dict:
+def bench_rusteeze(model: str, prompts, output_len: int, profile: bool, gguf_direct: bool = True) -> dict:
     from rusteeze import LLM, SamplingParams
 
     # No prefix caching: the prefill figure repeats the same prompt, and the peers have no cache.
@@ -56,6 +56,7 @@ def bench_rusteeze(model: str, prompts, output_len: int, profile: bool) -> dict:
         max_num_seqs=len(prompts),
         kv_cache_memory="2GiB",
         enable_prefix_caching=False,
+        gguf_direct=gguf_direct,
     )
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
@@ -173,11 +174,30 @@ def bench_llamacpp(model: str, prompts, output_len: int, profile: bool) -> dict:
     }
 
 
+def bench_rusteeze_f32(model: str, prompts, output_len: int, profile: bool) -> dict:
+    """rusteeze with the GGUF dequantized to float32: the same weights and math as transformers."""
+    return bench_rusteeze(model, prompts, output_len, profile, gguf_direct=False)
+
+
 PEERS: dict[str, Callable[..., dict]] = {
     "rusteeze": bench_rusteeze,
+    "rusteeze-f32": bench_rusteeze_f32,
     "transformers": bench_transformers,
     "llamacpp": bench_llamacpp,
 }
+
+
+def print_ratios(ours: str, results: dict[str, dict]) -> None:
+    """One line per peer: how many times faster ``ours`` is."""
+    base = results.get(ours, {})
+    for name, r in results.items():
+        if name.startswith("rusteeze") or "error" in r or not base or "error" in base:
+            continue
+        print(
+            f"{ours} / {name}: throughput x{base['throughput_tok_s'] / r['throughput_tok_s']:.2f}, "
+            f"1-stream x{base['single_decode_tok_s'] / r['single_decode_tok_s']:.2f}, "
+            f"prefill x{r['prefill_1024_s'] / base['prefill_1024_s']:.2f}"
+        )
 
 
 def main() -> None:
@@ -186,7 +206,7 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--peers", default="rusteeze,transformers,llamacpp")
+    parser.add_argument("--peers", default="rusteeze,rusteeze-f32,transformers,llamacpp")
     parser.add_argument("--profile", action="store_true", help="profile one rusteeze decode step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results to this file")
@@ -203,23 +223,19 @@ def main() -> None:
         results[name] = PEERS[name](model, prompts, args.output_len, args.profile)
     workload = f"{args.num_prompts} prompts x ({args.input_len} in, {args.output_len} out)"
     print(f"\n{workload}, model {os.path.basename(model)}, torch threads {args.threads or 'default'}")
-    print(f"{'engine':<14}{'out tok/s':>12}{'1-stream tok/s':>16}{'prefill 1024 s':>16}")
+    print(f"{'engine':<16}{'out tok/s':>12}{'1-stream tok/s':>16}{'prefill 1024 s':>16}")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<14}  {r['error']}")
+            print(f"{name:<16}  {r['error']}")
             continue
-        print(f"{name:<14}{r['throughput_tok_s']:>12.1f}{r['single_decode_tok_s']:>16.1f}{r['prefill_1024_s']:>16.3f}")
-    base = results.get("rusteeze", {})
-    for name, r in results.items():
-        if name != "rusteeze" and "error" not in r and "error" not in base:
-            print(
-                f"rusteeze / {name}: throughput x{base['throughput_tok_s'] / r['throughput_tok_s']:.2f}, "
-                f"1-stream x{base['single_decode_tok_s'] / r['single_decode_tok_s']:.2f}, "
-                f"prefill x{r['prefill_1024_s'] / base['prefill_1024_s']:.2f}"
-            )
-    if "weight_bytes" in base:
-        mb, rate = base["weight_bytes"] / 1e6, base["single_decode_tok_s"]
-        print(f"rusteeze decode bandwidth: {mb:.0f} MB x {rate:.1f}/s = {mb * rate / 1e3:.1f} GB/s")
+        print(f"{name:<16}{r['throughput_tok_s']:>12.1f}{r['single_decode_tok_s']:>16.1f}{r['prefill_1024_s']:>16.3f}")
+    for ours in ("rusteeze", "rusteeze-f32"):
+        print_ratios(ours, results)
+    for ours in ("rusteeze", "rusteeze-f32"):
+        r = results.get(ours, {})
+        if "weight_bytes" in r:
+            mb, rate = r["weight_bytes"] / 1e6, r["single_decode_tok_s"]
+            print(f"{ours} decode bandwidth: {mb:.0f} MB x {rate:.1f}/s = {mb * rate / 1e3:.1f} GB/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)
