@@ -12,6 +12,7 @@ from torch import nn
 from rusteeze.kernels import Ops
 from rusteeze.models.attention import AttentionMetadata
 from rusteeze.models.config import ModelConfig
+from rusteeze.models.linear import Linear, linear
 from rusteeze.models.rotary import cos_sin_cache
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -47,8 +48,8 @@ class Attention(nn.Module):
         self.sliding_window = cfg.sliding_window
         self.ops = ops
         # q, k and v share one matmul: rows [0, q) are q, then k, then v.
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
@@ -87,8 +88,8 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig, ops: Ops) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.max_positions = max(max_positions or 0, cfg.max_position_embeddings)
         self.rope = torch.empty(0)  # [P, D] filled by build_rope() once the device is known
 
@@ -177,4 +178,4 @@ class LlamaForCausalLM(nn.Module):
         if self.lm_head is not None and not isinstance(self.lm_head, nn.Linear):  # quantized lm_head
             return self.lm_head(hidden).float()
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return linear(hidden, weight).float()
