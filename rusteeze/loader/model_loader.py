@@ -1,5 +1,6 @@
 """Load a model (weights, config, tokenizer, generation defaults) from a path or an EngineConfig."""
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,21 @@ def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: str) -> tor
     return torch.bfloat16 if checkpoint_dtype == "bfloat16" else torch.float16
 
 
+def release_freed_memory() -> None:
+    """Hand the heap that loading freed (file buffers, dequantized copies) back to the OS.
+
+    glibc keeps freed heap memory for reuse; after a load that is hundreds of
+    MB of resident memory the model never uses again (SmolLM2 GGUF-direct:
+    ~220 MB). No-op where ``malloc_trim`` does not exist (musl, macOS, Windows).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def load_model_from_path(
     path: str | Path,
     dtype: str = "auto",
@@ -113,6 +129,7 @@ def load_model_from_path(
     load_weights(model, weights)
     if plan:
         prepare_quantized(model, kernel_backend)
+    release_freed_memory()
     return LoadedModel(
         model=model,
         config=cfg,

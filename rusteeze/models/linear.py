@@ -42,8 +42,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state-dict names) running through :func:`linear`."""
+    """``nn.Linear`` (same parameters, same state-dict names) running through :func:`linear`.
+
+    No random initialization: weights always come from a checkpoint (and
+    torch's init functions on the meta device import torch._dynamo and Triton,
+    ~65 MB of resident memory and seconds of start-up for nothing).
+    """
+
+    def reset_parameters(self) -> None:
+        """Leave the parameters as allocated; the loader fills them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in_features] → [T, out_features]."""
         return linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` without random initialization (see :class:`Linear`)."""
+
+    def reset_parameters(self) -> None:
+        """Leave the table as allocated; the loader fills it."""

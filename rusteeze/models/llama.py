@@ -12,7 +12,7 @@ from torch import nn
 from rusteeze.kernels import Ops
 from rusteeze.models.attention import AttentionMetadata
 from rusteeze.models.config import ModelConfig
-from rusteeze.models.linear import Linear, linear
+from rusteeze.models.linear import Embedding, Linear, linear
 from rusteeze.models.rotary import cos_sin_cache
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -134,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.ops = ops
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
