@@ -213,6 +213,7 @@ class _DecodePlan:
 
     rows: torch.Tensor  # [B] query row of each decoding sequence
     blocks: torch.Tensor  # [B * nblocks] int64 physical blocks, sequence-major
+    length: int  # keys read per sequence, L: the longest context (its tail past shorter ones is masked)
     mask: torch.Tensor | None  # [B, 1, 1, L] keys each query may see; None when all of them
     hidden: torch.Tensor  # [M] int64 flat positions in the gathered [B * L] keys that the mask hides
 
@@ -268,8 +269,8 @@ def _decode_plan(
     device: torch.device,
 ) -> _DecodePlan:
     lens_list = [ctx_lens[b] for b in decode]
-    nblocks = -(-max(lens_list) // block_size)
-    width = nblocks * block_size  # L: keys gathered per sequence, whole blocks
+    width = max(lens_list)  # L
+    nblocks = -(-width // block_size)
     idx = torch.tensor(decode, device=device)
     rows = torch.tensor([starts[b] for b in decode], device=device)
     blocks = tables[idx, :nblocks].reshape(-1)  # [B * nblocks]
@@ -281,8 +282,9 @@ def _decode_plan(
         if sliding_window is not None:
             visible &= k_pos >= (lens - sliding_window).unsqueeze(1)
         mask = visible[:, None, None, :]
-        hidden = (~visible).flatten().nonzero().squeeze(1)
-    return _DecodePlan(rows, blocks, mask, hidden)
+        seq, pos = (~visible).nonzero().unbind(1)
+        hidden = seq * (nblocks * block_size) + pos  # flat rows of the gathered [B * whole blocks] keys
+    return _DecodePlan(rows, blocks, width, mask, hidden)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -306,13 +308,14 @@ def _decode_attention(
     """Single-token queries of several sequences at once, each over its whole blocks."""
     b, hk, d = plan.rows.shape[0], k_cache.shape[2], k_cache.shape[3]
     # index_select copies whole blocks, ~3x faster than advanced indexing on CPU.
-    k = k_cache.index_select(0, plan.blocks).view(b, -1, hk, d)  # [B, L, Hk, D]
+    k = k_cache.index_select(0, plan.blocks).view(b, -1, hk, d)  # [B, whole blocks, Hk, D]
     v = v_cache.index_select(0, plan.blocks).view(b, -1, hk, d)
     if plan.hidden.numel():
         # Hidden slots may hold anything, NaN included, and a masked score still
         # multiplies its value (0 · NaN = NaN): zero just those rows of the copy.
         k.view(-1, hk, d).index_fill_(0, plan.hidden, 0)
         v.view(-1, hk, d).index_fill_(0, plan.hidden, 0)
+    k, v = k[:, : plan.length], v[:, : plan.length]  # [B, L, Hk, D]
     o = F.scaled_dot_product_attention(
         q[plan.rows].unsqueeze(2),  # [B, Hq, 1, D]
         k.transpose(1, 2).to(q.dtype),  # [B, Hk, L, D]
