@@ -190,7 +190,8 @@ def paged_attention(
         [T, Hq, D] attention output.
     """
     out = torch.empty_like(q)
-    plan = _batch_plan(cu_seqlens_q, seq_lens, block_tables, k_cache.shape[1], sliding_window)
+    key = (cu_seqlens_q, seq_lens, block_tables, k_cache.shape[1], sliding_window)
+    plan = _per_step("paged_attention", key, lambda: _batch_plan(*key))
     if plan.decode is not None:
         _decode_attention(q, k_cache, v_cache, plan.decode, scale, out)
     for s, q_len, ctx, blocks in plan.prefills:
@@ -231,18 +232,7 @@ def _batch_plan(
     block_size: int,
     sliding_window: int | None,
 ) -> _BatchPlan:
-    """The per-batch index work, computed once per step and reused by every layer."""
-    key = (cu_seqlens_q, seq_lens, block_tables, block_size, sliding_window)
-    return _per_step("paged_attention", key, lambda: _make_batch_plan(*key))
-
-
-def _make_batch_plan(
-    cu_seqlens_q: torch.Tensor,
-    seq_lens: torch.Tensor,
-    block_tables: torch.Tensor,
-    block_size: int,
-    sliding_window: int | None,
-) -> _BatchPlan:
+    """The per-batch index work; paged_attention memoizes it per step (see _per_step)."""
     starts = cu_seqlens_q.tolist()
     ctx_lens = seq_lens.tolist()
     tables = block_tables.long().clamp_min(0)  # -1 (released or unused) reads block 0, masked
