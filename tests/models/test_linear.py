@@ -28,5 +28,10 @@ def test_other_dtypes_and_strided_weights_fall_back():
 def test_module_keeps_nn_linear_parameters():
     layer = Linear(8, 16, bias=True)
     assert set(dict(layer.named_parameters())) == {"weight", "bias"}
+    # The module skips random init (the loader fills it), so fill it as the loader would:
+    # otherwise the uninitialized memory may hold NaN and the comparison means nothing.
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(16, 8))
+        layer.bias.copy_(torch.randn(16))
     x = torch.randn(3, 8)
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
