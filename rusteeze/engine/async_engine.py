@@ -68,9 +68,22 @@ class AsyncEngine:
             InvalidRequestError: at once, for a bad request.
             EngineStepError: when a step computing this request failed.
         """
+        request = self.engine.make_request(prompt, params, request_id, **kwargs)
+        async for out in self.run(request):
+            yield out
+
+    async def run(self, request: Request) -> AsyncIterator[RequestOutput]:
+        """Run a request already made by ``Engine.make_request``; outputs as :meth:`generate`.
+
+        For callers that validate (tokenize) before committing to run, so the
+        prompt is tokenized once. A request object runs at most once.
+
+        Raises:
+            InvalidRequestError: when the request id is already running.
+            EngineStepError: when a step computing this request failed.
+        """
         if self._stop:
             raise RuntimeError("the engine has been shut down")
-        request = self.engine.make_request(prompt, params, request_id, **kwargs)
         rid = request.request_id
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:

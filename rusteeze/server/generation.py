@@ -17,6 +17,7 @@ from typing import Any
 
 from rusteeze.engine.engine import EngineStepError
 from rusteeze.engine.outputs import RequestOutput
+from rusteeze.engine.request import Request
 from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
 from rusteeze.server.http import APIError, bad_request
@@ -37,7 +38,7 @@ class Generation:
     Args:
         state: the server state.
         base_id: the response id; engine requests are ``{base_id}-{i}``.
-        inputs: per prompt, keyword arguments of ``generate``: ``prompt=`` or
+        inputs: per prompt, keyword arguments of ``Engine.make_request``: ``prompt=`` or
             ``messages=`` (+ ``chat_template_kwargs=``).
         params: the sampling parameters of every prompt.
 
@@ -55,19 +56,16 @@ class Generation:
             raise APIError(
                 503, f"the server is overloaded ({state.num_waiting} requests waiting); retry later", code="overloaded"
             )
-        self.params = params
         self.ids = [f"{base_id}-{i}" for i in range(len(inputs))]
-        self.inputs = inputs
         engine = state.engine
-        self.prompt_token_ids: list[list[int]] = []
-        self.prompt_texts: list[str | None] = []
+        self.requests: list[Request] = []
         for rid, kw in zip(self.ids, inputs, strict=True):
             try:
-                request = engine.make_request(kw.get("prompt"), params, rid, **_extra(kw))
+                self.requests.append(engine.make_request(kw.get("prompt"), params, rid, **_extra(kw)))
             except InvalidRequestError as e:
                 raise bad_request(str(e), param=e.param) from None
-            self.prompt_token_ids.append(request.prompt_token_ids)
-            self.prompt_texts.append(request.prompt)
+        self.prompt_token_ids: list[list[int]] = [r.prompt_token_ids for r in self.requests]
+        self.prompt_texts: list[str | None] = [r.prompt for r in self.requests]
 
     async def _one(self, i: int) -> AsyncIterator[RequestOutput]:
         """Outputs of engine request ``i`` with metrics and bookkeeping around them."""
@@ -76,9 +74,8 @@ class Generation:
         state.num_waiting += 1
         state.inflight.add(rid)
         waiting, last = True, None
-        kw = self.inputs[i]
         try:
-            async for out in self.aengine.generate(kw.get("prompt"), self.params, rid, **_extra(kw)):
+            async for out in self.aengine.run(self.requests[i]):
                 if waiting:
                     waiting = False
                     state.num_waiting -= 1

@@ -45,8 +45,13 @@ def test_concurrent_streams_match_the_sync_engine(engine):
         expected.append(done[0].outputs[0].token_ids)
     aengine = AsyncEngine(engine)
 
+    async def run_made(prompt):  # validated first, then run: the server's path
+        outs = [o async for o in aengine.run(engine.make_request(prompt, GREEDY))]
+        assert outs[-1].finished
+        return outs
+
     async def main():
-        return await asyncio.gather(*(collect(aengine, p) for p in prompts))
+        return await asyncio.gather(*(collect(aengine, p) if i % 2 else run_made(p) for i, p in enumerate(prompts)))
 
     results = asyncio.run(main())
     aengine.shutdown()

@@ -8,6 +8,7 @@ import pytest
 from conftest import MODEL, run_app
 
 from rusteeze.errors import ModelLoadError
+from rusteeze.tokenizer import Tokenizer
 
 
 def error(r, status: int, param=None) -> dict:
@@ -176,6 +177,30 @@ def test_tokenize_and_detokenize(call):
         error(await c.post("/tokenize", json={"messages": []}), 400, "messages")
         error(await c.post("/detokenize", json={"tokens": "abc"}), 400, "tokens")
         error(await c.post("/detokenize", json={"tokens": [10**7]}), 400, "tokens")
+
+    call(fn)
+
+
+def test_each_prompt_is_tokenized_once(call, monkeypatch):
+    """Validation tokenizes the prompt; running the request reuses those ids."""
+    calls: list[str] = []
+    for name in ("encode", "encode_chat"):
+        original = getattr(Tokenizer, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Tokenizer, name, counted)
+
+    async def fn(c):
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert (await c.post("/v1/chat/completions", json=chat)).status_code == 200
+        assert calls == ["encode_chat"]
+        calls.clear()
+        r = await c.post("/v1/completions", json={"prompt": ["a b", "c d"], "max_tokens": 2})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2
+        assert calls == ["encode", "encode"]
 
     call(fn)
 
