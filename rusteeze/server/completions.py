@@ -42,9 +42,9 @@ class _Formatter:
         self.n = req.params.n
 
     def _prompt_text(self, i: int) -> str:
-        text = self.gen.prompt_texts[i]
+        text = self.gen.requests[i].prompt
         if text is None:
-            text = self.state.engine.tokenizer.decode(self.gen.prompt_token_ids[i], skip_special_tokens=False)
+            text = self.state.engine.tokenizer.decode(self.gen.requests[i].prompt_token_ids, skip_special_tokens=False)
         return text
 
     def _prompt_logprobs(self, i: int, out: RequestOutput) -> dict[str, Any] | None:

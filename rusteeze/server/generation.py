@@ -64,8 +64,6 @@ class Generation:
                 self.requests.append(engine.make_request(kw.get("prompt"), params, rid, **_extra(kw)))
             except InvalidRequestError as e:
                 raise bad_request(str(e), param=e.param) from None
-        self.prompt_token_ids: list[list[int]] = [r.prompt_token_ids for r in self.requests]
-        self.prompt_texts: list[str | None] = [r.prompt for r in self.requests]
 
     async def _one(self, i: int) -> AsyncIterator[RequestOutput]:
         """Outputs of engine request ``i`` with metrics and bookkeeping around them."""
