@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from rusteeze.commands.common import Debug, cli_errors, stderr_console
-from rusteeze.loader.model_info import human_size
 from rusteeze.quant.config import QuantConfig
 from rusteeze.quant.convert import quantize_model
 
@@ -17,10 +16,23 @@ def quantize(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="An HF directory, a .gguf file, or a store name.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The directory to write (HF layout).")],
     method: Annotated[str, typer.Option("--method", "-m", help="int8 (per channel) or int4 (per group).")] = "int4",
-    group_size: Annotated[int, typer.Option("--group-size", "-g", help="int4 group size: 32, 64 or 128.")] = 64,
+    group_size: Annotated[
+        int | None,
+        typer.Option(
+            "--group-size",
+            "-g",
+            help="int4 group size: 32, 64 or 128 [default: 32 for a Q4_0/Q4_1 GGUF (kept bit-exact), else 64].",
+            show_default=False,
+        ),
+    ] = None,
     quantize_embeddings: Annotated[
-        bool, typer.Option("--quantize-embeddings", help="Also store the embedding and lm_head as int8.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--quantize-embeddings/--no-quantize-embeddings",
+            help="Also store the embedding and lm_head as int8 [default: on for a GGUF whose embedding is quantized].",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT when it exists.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -43,11 +55,13 @@ def quantize(
             f"Quantizing {path} → {output} ({quant.method}"
             + (f", group {quant.group_size})" if quant.group_size else ")"),
             highlight=False,
+            soft_wrap=True,
         )
-        result = quantize_model(path, output, quant, force=force, on_module=progress)
-        ratio = result.output_bytes / max(result.source_bytes, 1)
-        typer.echo(
-            f"Wrote {result.output}: {human_size(result.source_bytes)} → {human_size(result.output_bytes)} "
-            f"({ratio:.2f}×) in {result.seconds:.1f} s"
-        )
+
+        def warn(message: str) -> None:
+            typer.echo(f"Warning: {message}", err=True)  # one line, never wrapped
+
+        result = quantize_model(path, output, quant, force=force, on_module=progress, on_warning=warn)
+        typer.echo(f"Wrote {result.output}")
+        typer.echo(result.summary())
         typer.echo(f"Chat with it: rusteeze chat {result.output}")

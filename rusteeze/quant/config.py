@@ -10,7 +10,7 @@ embedding and the lm_head are then int8 per row, whatever ``method`` is), else
 null (they are stored in float16).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rusteeze.errors import QuantizationError, UnsupportedModelError
@@ -40,22 +40,32 @@ class QuantConfig:
 
     Attributes:
         method: "int8" or "int4".
-        group_size: int4 group size (32, 64 or 128); ignored (None) for int8.
-        quantize_embeddings: also store the embedding and lm_head as int8 per row.
+        group_size: int4 group size (32, 64 or 128); None picks the source's default
+            (:meth:`resolved`); ignored (None) for int8.
+        quantize_embeddings: also store the embedding and lm_head as int8 per row; None picks
+            the source's default.
     """
 
     method: str
-    group_size: int | None = 64
-    quantize_embeddings: bool = False
+    group_size: int | None = None
+    quantize_embeddings: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise QuantizationError(f"unknown quantization method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.method == "int8":
             object.__setattr__(self, "group_size", None)
-        elif self.group_size not in GROUP_SIZES:
+        elif self.group_size is not None and self.group_size not in GROUP_SIZES:
             sizes = ", ".join(map(str, GROUP_SIZES))
             raise QuantizationError(f"int4 group size must be one of {sizes}, got {self.group_size}")
+
+    def resolved(self, group_size: int, quantize_embeddings: bool) -> "QuantConfig":
+        """This request with the defaults it left open (None) filled in."""
+        return replace(
+            self,
+            group_size=self.group_size or (group_size if self.method == "int4" else None),
+            quantize_embeddings=quantize_embeddings if self.quantize_embeddings is None else self.quantize_embeddings,
+        )
 
     @property
     def linear(self) -> LayerQuant:
@@ -63,7 +73,8 @@ class QuantConfig:
         return LayerQuant(self.method, self.group_size)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``quantization_config`` block written into config.json."""
+        """The ``quantization_config`` block written into config.json (of a :meth:`resolved` request)."""
+        assert self.method == "int8" or self.group_size is not None, "resolve the group size first"
         return {
             "quant_method": QUANT_METHOD,
             "method": self.method,
@@ -90,6 +101,8 @@ class QuantConfig:
                 f"{source}: quantization format_version {raw.get('format_version')!r} is not supported "
                 f"(this rusteeze reads version {FORMAT_VERSION})"
             )
+        if raw["method"] == "int4" and raw.get("group_size") is None:
+            raise QuantizationError(f"{source}: int4 quantization_config has no group_size")
         return cls(raw["method"], raw.get("group_size"), raw.get("embeddings") == "int8")
 
 

@@ -1,40 +1,110 @@
-"""Quantize a float model into a new HF-layout directory, atomically.
+"""Quantize a model into a new HF-layout directory, atomically.
 
 The source tensors are streamed one at a time: projection weights are
 quantized (int8 per channel or int4 per group), the embedding and lm_head too
 with ``quantize_embeddings`` (int8 per row), everything else is stored in
-float16. Output goes to a temporary directory beside OUT that is renamed at the
-end, so OUT is either absent, the old model (without ``force``), or complete.
+float16 (a GGUF's F32 norms stay float32). Output goes to a temporary directory
+beside OUT that is renamed at the end, so OUT is either absent, the old model
+(without ``force``), or complete.
+
+From a GGUF whose weights are already quantized, int4 group 32 repacks Q4_0 /
+Q4_1 blocks bit-exactly (integer ops on the nibbles, float16 scales and mins
+as stored), and int8 repacks Q8_0 blocks per row (as the GGUF-direct loader
+does); other tensors are dequantized and quantized from floats.
 """
 
 import json
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from gguf import GGMLQuantizationType
 from safetensors.torch import save_file
 
 from rusteeze.errors import QuantizationError
+from rusteeze.loader.gguf_loader import unpermute_qk
 from rusteeze.models.weights import module_name
 from rusteeze.quant.config import QuantConfig, plan_for
-from rusteeze.quant.source import Source, open_source
-from rusteeze.quant.tensors import quantize_int4, quantize_int8
+from rusteeze.quant.source import FLOAT_TYPES, Source, SourceTensor, open_source
+from rusteeze.quant.tensors import q4_0_to_int4, q4_1_to_int4, q8_0_to_int8, quantize_int4, quantize_int8
 
+QT = GGMLQuantizationType
+EXACT_INT4 = {QT.Q4_0: q4_0_to_int4, QT.Q4_1: q4_1_to_int4}  # GGUF types that are int4 group 32 already
+EXACT_GROUP = 32
+DEFAULT_GROUP = 64  # int4 group size for float sources
+
+# How a quantized tensor was made (Tally keys) → the words the summary uses.
+KEPT, REPACKED, REQUANTIZED, QUANTIZED = "kept", "repacked", "requantized", "quantized"
 SHARD_BYTES = 2 * 1024**3
 
 
 @dataclass
+class Tally:
+    """How each quantized tensor was made: (projections or embeddings, how) → the source types seen, tensors."""
+
+    counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+    def add(self, name: str, how: str, source_type: str) -> None:
+        kind = "embeddings" if name.startswith(("model.embed_tokens.", "lm_head.")) else "projections"
+        types = self.counts.setdefault((kind, how), {})
+        types[source_type] = types.get(source_type, 0) + 1
+
+    def describe(self, kind: str) -> str:
+        """E.g. "kept bit-exact", or "196 kept bit-exact, 14 requantized from dequantized Q6_K"."""
+        parts = []
+        for (k, how), types in self.counts.items():
+            if k != kind:
+                continue
+            names = "/".join(types)
+            words = {
+                KEPT: "kept bit-exact",
+                REPACKED: f"{names} repacked per row",
+                REQUANTIZED: f"requantized from dequantized {names}",
+                QUANTIZED: f"quantized from {names}",
+            }[how]
+            parts.append((sum(types.values()), words))
+        if len(parts) == 1:
+            return parts[0][1]
+        return ", ".join(f"{n} {words}" for n, words in parts)
+
+
+@dataclass
 class QuantizeResult:
-    """What :func:`quantize_model` did: sizes in bytes, seconds, output path."""
+    """What :func:`quantize_model` did: sizes in bytes, seconds, output path, and how.
+
+    Attributes:
+        quant: the request with its defaults resolved (group size, embeddings).
+        source_format: e.g. "GGUF Q4_1" or "safetensors bfloat16".
+        tally: how each quantized tensor was made.
+    """
 
     output: Path
     source_bytes: int
     output_bytes: int
     seconds: float
+    quant: QuantConfig
+    source_format: str
+    tally: Tally
+
+    def summary(self) -> str:
+        """One line: source format and size → what was written, how, its size, the time."""
+        from rusteeze.loader.model_info import human_size
+
+        target = self.quant.method + (f" group {self.quant.group_size}" if self.quant.group_size else "")
+        embeddings = "int8" if self.quant.quantize_embeddings else "float16"
+        if self.quant.quantize_embeddings and self.tally.describe("embeddings"):
+            embeddings += f" ({self.tally.describe('embeddings')})"
+        ratio = self.output_bytes / max(self.source_bytes, 1)
+        return (
+            f"source: {self.source_format} ({human_size(self.source_bytes)}) → {target} "
+            f"({self.tally.describe('projections')}), embeddings {embeddings}: "
+            f"{human_size(self.output_bytes)} ({ratio:.2f}×) in {self.seconds:.1f} s"
+        )
 
 
 def dir_size(path: Path) -> int:
@@ -42,6 +112,26 @@ def dir_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def resolve_request(source: Source, quant: QuantConfig, on_warning: Callable[[str], None]) -> QuantConfig:
+    """Fill in the defaults the request left open, and warn when it requantizes 4-bit weights.
+
+    A GGUF whose projections hold Q4_0/Q4_1 blocks defaults to group 32 (kept
+    bit-exact); a GGUF with a quantized token embedding defaults to an int8 one
+    (float16 would be larger than the source).
+    """
+    four_bit = [t.name for t in source.projection_types() if t in EXACT_INT4]
+    embedding = source.gguf_types.get("model.embed_tokens.weight")
+    resolved = quant.resolved(
+        EXACT_GROUP if four_bit else DEFAULT_GROUP, embedding is not None and embedding not in FLOAT_TYPES
+    )
+    if four_bit and resolved.method == "int4" and resolved.group_size != EXACT_GROUP:
+        on_warning(
+            f"group size {resolved.group_size} requantizes the already-quantized GGUF {'/'.join(four_bit)} weights "
+            f"(lossy); the default, --group-size {EXACT_GROUP}, keeps them bit-exact"
+        )
+    return resolved
 
 
 def check_request(source: Source, quant: QuantConfig) -> None:
@@ -64,30 +154,78 @@ def check_request(source: Source, quant: QuantConfig) -> None:
 
 
 def quantized_tensors(
-    source: Source, quant: QuantConfig, on_module: Callable[[str], None] | None = None
+    source: Source, quant: QuantConfig, on_module: Callable[[str], None] | None = None, tally: Tally | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield the output checkpoint's (name, tensor) pairs, quantizing as the plan says."""
+    """Yield the output checkpoint's (name, tensor) pairs, quantizing as the (resolved) plan says."""
     cfg = source.config
+    tally = Tally() if tally is None else tally
     plan = plan_for(quant, cfg.num_hidden_layers, cfg.tie_word_embeddings)
-    for name, tensor in source.tensors():
+    for t in source.tensors():
+        name = t.name
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        module = module_name(name)
-        layer = plan.get(module) if name.endswith(".weight") else None
+        layer = plan.get(module_name(name)) if name.endswith(".weight") else None
         if on_module is not None:
             on_module(name)
         if layer is None:
-            yield name, tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+            yield name, _stored_float(t)
+            continue
+        base = name.removesuffix(".weight")
+        source_type = t.gguf_type.name if t.gguf_type is not None else _dtype_name(t)
+        if layer.method == "int8" and t.gguf_type == QT.Q8_0:
+            q, scale = q8_0_to_int8(t.blocks)
+            tally.add(name, REPACKED, source_type)
+            yield name, _unpermute(q, t)
+            yield f"{name}_scale", _unpermute(scale, t)
         elif layer.method == "int8":
-            q, scale = quantize_int8(tensor)
+            tally.add(name, _float_how(t), source_type)
+            q, scale = quantize_int8(t.read())
             yield name, q
             yield f"{name}_scale", scale
+        elif t.gguf_type in EXACT_INT4 and layer.group_size == EXACT_GROUP:
+            tally.add(name, KEPT, source_type)
+            packed, scales, mins = EXACT_INT4[t.gguf_type](t.blocks)
+            yield f"{base}.qweight", _unpermute(packed, t)
+            yield f"{base}.scales", _unpermute(_exact_f16(scales, name), t)
+            yield f"{base}.mins", _unpermute(_exact_f16(mins, name), t)
         else:
-            packed, scales, mins = quantize_int4(tensor, layer.group_size)
-            base = name.removesuffix(".weight")
+            tally.add(name, _float_how(t), source_type)
+            packed, scales, mins = quantize_int4(t.read(), layer.group_size)
             yield f"{base}.qweight", packed
             yield f"{base}.scales", scales.to(torch.float16)
             yield f"{base}.mins", mins.to(torch.float16)
+
+
+def _float_how(t: SourceTensor) -> str:
+    """QUANTIZED from float weights, REQUANTIZED from dequantized GGUF blocks."""
+    return REQUANTIZED if t.gguf_type is not None and t.gguf_type not in FLOAT_TYPES else QUANTIZED
+
+
+def _dtype_name(t: SourceTensor) -> str:
+    return str(t.read().dtype).removeprefix("torch.")
+
+
+def _stored_float(t: SourceTensor) -> torch.Tensor:
+    """A tensor kept unquantized: float16, except GGUF F32 vectors (norms, biases) and BF16, kept exact."""
+    w = t.read()
+    if t.gguf_type == QT.F32 and w.dim() == 1:
+        return w.float()
+    if t.gguf_type == QT.BF16:
+        return w.to(torch.bfloat16)
+    return w.to(torch.float16) if w.is_floating_point() else w
+
+
+def _unpermute(x: torch.Tensor, t: SourceTensor) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation on something made from ``t.blocks`` (rows first)."""
+    return x if t.qk_heads is None else unpermute_qk(x, t.qk_heads)
+
+
+def _exact_f16(x: torch.Tensor, name: str) -> torch.Tensor:
+    """GGUF's float16 scales/mins (Q4_0's min is -8·d) as float16, checking nothing is rounded."""
+    half = x.to(torch.float16)
+    if not torch.equal(half.float(), x.float()):
+        raise QuantizationError(f"{name}: its GGUF scales do not fit float16 exactly (an overflowing Q4_0 scale)")
+    return half
 
 
 def _save_shards(tensors: Iterator[tuple[str, torch.Tensor]], out: Path) -> None:
@@ -117,11 +255,15 @@ def quantize_model(
     quant: QuantConfig,
     force: bool = False,
     on_module: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` (HF directory or .gguf) into the HF directory ``output``.
 
     Args:
+        quant: the request; its open defaults (None) are resolved for the source (see ``resolve_request``).
         on_module: called with each source tensor name as it is processed (progress).
+        on_warning: called with a one-line warning (default: ``warnings.warn``), e.g. when a
+            coarser int4 group size requantizes already 4-bit GGUF weights.
 
     Raises:
         QuantizationError: OUT exists without ``force``, OUT is the model itself,
@@ -135,12 +277,14 @@ def quantize_model(
     if out.exists() and not force:
         raise QuantizationError(f"{out} already exists; pass --force to replace it")
     source = open_source(src_path)
+    quant = resolve_request(source, quant, on_warning or (lambda msg: warnings.warn(msg, stacklevel=3)))
     check_request(source, quant)
+    tally = Tally()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        _save_shards(quantized_tensors(source, quant, on_module), tmp)
+        _save_shards(quantized_tensors(source, quant, on_module, tally), tmp)
         config = {**source.hf_config, "quantization_config": quant.to_json(), "torch_dtype": "float16"}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         source.write_side_files(tmp)
@@ -150,4 +294,5 @@ def quantize_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return QuantizeResult(out, dir_size(src_path), dir_size(out), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return QuantizeResult(out, dir_size(src_path), dir_size(out), seconds, quant, source.describe(), tally)

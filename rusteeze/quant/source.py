@@ -1,19 +1,23 @@
-"""The float model a quantization starts from: an HF safetensors directory or a GGUF file.
+"""The model a quantization starts from: an HF safetensors directory or a GGUF file.
 
 Either way it is a config (as HF ``config.json`` JSON), a stream of HF-named
-float tensors, and the tokenizer / generation files to copy beside the result.
+tensors, and the tokenizer / generation files to copy beside the result. Each
+tensor can be read as floats; a GGUF tensor also exposes its stored blocks and
+type, so already-quantized weights can be repacked without a float round trip.
 """
 
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 
-from rusteeze.errors import ModelNotFoundError, QuantizationError
+from rusteeze.errors import ModelLoadError, ModelNotFoundError, QuantizationError
 from rusteeze.loader.hf_config import model_config_from_hf, read_json
 from rusteeze.models.config import ModelConfig
 
@@ -28,23 +32,65 @@ HF_SIDE_FILES = (
 )
 
 
+QT = GGMLQuantizationType
+FLOAT_TYPES = (QT.F32, QT.F16, QT.BF16)
+_PERMUTED = ("llama", "mistral")  # architectures whose Q/K rows llama.cpp permutes (as in gguf_loader)
+
+
+@dataclass
+class SourceTensor:
+    """One tensor of the source, read on demand.
+
+    Attributes:
+        name: its HF name.
+        read: → the tensor in HF layout (GGUF: dequantized to float32, Q/K rows unpermuted).
+        gguf_type: the GGUF type it is stored in; None for safetensors.
+        blocks: a GGUF tensor's stored rows, [rows, bytes per row] (a memory-mapped view); None for safetensors.
+        qk_heads: heads of a Q/K projection whose rows llama.cpp's converter permuted: anything made
+            from ``blocks`` must go through ``unpermute_qk(x, qk_heads)``; None when not permuted.
+    """
+
+    name: str
+    read: Callable[[], torch.Tensor]
+    gguf_type: GGMLQuantizationType | None = None
+    blocks: np.ndarray | None = None
+    qk_heads: int | None = None
+
+
 @dataclass
 class Source:
-    """A float model to quantize.
+    """A model to quantize.
 
     Attributes:
         path: the directory or .gguf file.
         config: its ModelConfig.
         hf_config: the config.json dict to write out (without quantization_config).
-        tensors: a callable returning a fresh stream of (HF name, float tensor).
+        tensors: a callable returning a fresh stream of SourceTensor.
         write_side_files: copies/writes tokenizer and generation files into a directory.
+        gguf_types: HF tensor name → GGUF type (empty for safetensors).
     """
 
     path: Path
     config: ModelConfig
     hf_config: dict[str, Any]
-    tensors: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    tensors: Callable[[], Iterator[SourceTensor]]
     write_side_files: Callable[[Path], None]
+    gguf_types: dict[str, GGMLQuantizationType] = field(default_factory=dict)
+
+    def projection_types(self) -> list[GGMLQuantizationType]:
+        """GGUF types of the attention/MLP projection weights, most parameters first (empty for safetensors)."""
+        counts: dict[GGMLQuantizationType, int] = {}
+        for name, qtype in self.gguf_types.items():
+            if name.startswith("model.layers.") and name.endswith("proj.weight"):
+                counts[qtype] = counts.get(qtype, 0) + 1
+        return sorted(counts, key=lambda t: -counts[t])
+
+    def describe(self) -> str:
+        """What the source is, e.g. "GGUF Q4_1" or "safetensors bfloat16"."""
+        if self.gguf_types:
+            return "GGUF " + ("+".join(t.name for t in self.projection_types()) or "F32")
+        dtype = self.hf_config.get("torch_dtype") or self.hf_config.get("dtype")  # newer transformers: "dtype"
+        return f"safetensors {dtype or 'float'}"
 
 
 def open_source(path: Path) -> Source:
@@ -72,11 +118,15 @@ def open_source(path: Path) -> Source:
             if (path / name).is_file():
                 shutil.copy2(path / name, out / name)
 
-    return Source(path, cfg, raw, lambda: iter_safetensors(files), side_files)
+    def tensors() -> Iterator[SourceTensor]:
+        for name, tensor in iter_safetensors(files):
+            yield SourceTensor(name, lambda t=tensor: t)
+
+    return Source(path, cfg, raw, tensors, side_files)
 
 
 def _gguf_source(path: Path) -> Source:
-    from rusteeze.loader.gguf_loader import iter_gguf_tensors, model_config_from_gguf, open_gguf
+    from rusteeze.loader.gguf_loader import hf_tensor_name, model_config_from_gguf, open_gguf
     from rusteeze.loader.gguf_tokenizer import tokenizer_from_gguf
 
     reader = open_gguf(path)
@@ -84,7 +134,7 @@ def _gguf_source(path: Path) -> Source:
     tokenizer = tokenizer_from_gguf(reader, path)
 
     def side_files(out: Path) -> None:
-        tokenizer.backend.save(str(out / "tokenizer.json"))
+        tokenizer.backend.save(str(out / "tokenizer.json"), pretty=False)  # compact: ~1/3 smaller
         tok_cfg = {
             "bos_token": tokenizer.bos_token,
             "eos_token": tokenizer.eos_token,
@@ -99,7 +149,46 @@ def _gguf_source(path: Path) -> Source:
             gen["bos_token_id"] = cfg.bos_token_id
         (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
-    return Source(path, cfg, hf_config_dict(cfg), lambda: iter_gguf_tensors(reader, cfg, path), side_files)
+    def tensors() -> Iterator[SourceTensor]:
+        yield from _gguf_tensors(reader, cfg, path)
+
+    types = {hf_tensor_name(t.name): t.tensor_type for t in reader.tensors if hf_tensor_name(t.name) is not None}
+    return Source(path, cfg, hf_config_dict(cfg), tensors, side_files, types)
+
+
+class _OneTensor:
+    """A GGUFFile view holding only one of its tensors (so ``iter_gguf_tensors`` reads just that)."""
+
+    def __init__(self, reader: Any, tensor: Any) -> None:
+        self.fields = reader.fields
+        self.tensors = [tensor]
+
+
+def _gguf_tensors(reader: Any, cfg: ModelConfig, path: Path) -> Iterator[SourceTensor]:
+    """SourceTensors of a GGUF file; floats come from ``iter_gguf_tensors`` (same checks and unpermuting)."""
+    from rusteeze.loader.gguf_loader import hf_tensor_name, iter_gguf_tensors, metadata
+
+    arch = metadata(reader, "general.architecture")
+    for t in reader.tensors:
+        name = hf_tensor_name(t.name)
+        if name is None:
+            continue
+
+        def read(t: Any = t) -> torch.Tensor:
+            return next(iter_gguf_tensors(_OneTensor(reader, t), cfg, path))[1]
+
+        blocks, heads = None, None
+        if t.tensor_type not in FLOAT_TYPES and len(t.shape) == 2:
+            rows = int(t.shape[-1])  # GGUF lists the fastest dimension first
+            try:
+                blocks = t.data.reshape(rows, -1)
+            except ValueError as e:
+                raise ModelLoadError(f"{path}: tensor {t.name!r} data does not match its shape: {e}") from None
+            if arch in _PERMUTED and t.name.endswith("attn_q.weight"):
+                heads = cfg.num_attention_heads
+            elif arch in _PERMUTED and t.name.endswith("attn_k.weight"):
+                heads = cfg.num_key_value_heads
+        yield SourceTensor(name, read, t.tensor_type, blocks, heads)
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
