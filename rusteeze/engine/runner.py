@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rusteeze.engine.kv_cache import KVCache
+from rusteeze.engine.block_manager import BlockManager
+from rusteeze.engine.kv_cache import KVCache, poison_blocks
 from rusteeze.engine.sampler import Logprobs, SamplingBatch, gather_logprobs, sample
 from rusteeze.engine.scheduler import SchedulerOutput
 from rusteeze.models.attention import AttentionMetadata
@@ -32,16 +33,39 @@ class ModelRunner:
         block_size: tokens per block.
         vocab_size: logits width V.
         device: where the model and the cache live.
+        block_manager: the cache's BlockManager; in the poisoned-KV debug mode
+            (``block_manager.poison``, see ``rusteeze.engine.kv_cache``) the runner
+            NaN-fills the blocks it reports before each forward, points the
+            block-table entries that must not be read at the always-NaN extra
+            block, and raises on NaN logits.
     """
 
     def __init__(
-        self, model: nn.Module, kv_caches: list[KVCache], block_size: int, vocab_size: int, device: torch.device
+        self,
+        model: nn.Module,
+        kv_caches: list[KVCache],
+        block_size: int,
+        vocab_size: int,
+        device: torch.device,
+        block_manager: BlockManager | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.vocab_size = vocab_size
         self.device = device
+        self.block_manager = block_manager
+
+    @property
+    def poison(self) -> bool:
+        """True in the poisoned-KV debug mode (a block manager in that mode and a cache with the NaN block)."""
+        bm = self.block_manager
+        return bm is not None and bm.poison and self.kv_caches[0][0].shape[0] > bm.num_blocks
+
+    @property
+    def _unread_block(self) -> int:
+        """Block id for block-table entries never read: released or padding (the NaN block in debug mode)."""
+        return self.block_manager.num_blocks if self.poison else 0
 
     def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """Flat batch of the step.
@@ -53,7 +77,8 @@ class ModelRunner:
         ids, pos, slots = [], [], []
         q_lens = np.array([s.num_new_tokens for s in scheduled], dtype=np.int32)  # [B]
         max_blocks = max(len(s.seq.block_table) for s in scheduled)
-        tables = np.zeros((len(scheduled), max_blocks), dtype=np.int32)  # [B, max_blocks]
+        unread = self._unread_block
+        tables = np.full((len(scheduled), max_blocks), unread, dtype=np.int32)  # [B, max_blocks]
         for b, s in enumerate(scheduled):
             table = np.asarray(s.seq.block_table, dtype=np.int64)
             p = np.arange(s.start, s.start + s.num_new_tokens, dtype=np.int64)  # [q_len]
@@ -61,7 +86,7 @@ class ModelRunner:
             pos.append(p)
             slots.append(table[p // bs] * bs + p % bs)
             # Released (sliding-window) blocks are -1; attention masks them, so any valid id does.
-            tables[b, : len(table)] = np.maximum(table, 0)
+            tables[b, : len(table)] = np.where(table < 0, unread, table)
         cu = np.zeros(len(scheduled) + 1, dtype=np.int32)  # [B + 1]
         np.cumsum(q_lens, out=cu[1:])
         seq_lens = np.array([s.start + s.num_new_tokens for s in scheduled], dtype=np.int32)  # [B]
@@ -86,6 +111,8 @@ class ModelRunner:
         preemption does not score them twice).
         """
         scheduled = out.scheduled
+        if self.block_manager is not None:
+            poison_blocks(self.kv_caches, self.block_manager.take_poisoned())
         input_ids, positions, meta = self.prepare(out)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
         offsets = meta.cu_seqlens_q.tolist()
@@ -104,6 +131,8 @@ class ModelRunner:
                 prompt_owners.append(seq)
         rows = torch.tensor(sample_rows + prompt_rows, dtype=torch.long, device=self.device)
         logits = self.model.compute_logits(hidden[rows])  # [N, V] float32
+        if self.poison:
+            self._check_logits(logits, scheduled, len(sample_rows))
         sampling = [s.seq for s in scheduled if s.samples]
         tokens: list[int] = []
         logprobs: list[Logprobs | None] = []
@@ -120,3 +149,12 @@ class ModelRunner:
         sampled = [next(it_tok) if s.samples else None for s in scheduled]
         lps = [next(it_lp) if s.samples else None for s in scheduled]
         return RunnerOutput(sampled, lps)
+
+    def _check_logits(self, logits: torch.Tensor, scheduled: list, num_sampled: int) -> None:
+        """Debug mode: NaN logits mean some sequence read a KV slot it never wrote."""
+        bad = torch.isnan(logits).any(dim=-1).nonzero().flatten().tolist()
+        if not bad:
+            return
+        sampling = [s for s in scheduled if s.samples]
+        who = [repr(sampling[r].seq) if r < num_sampled else f"prompt-logprobs row {r}" for r in bad]
+        raise RuntimeError("poisoned KV read (RUSTEEZE_DEBUG_POISON_KV): NaN logits for " + ", ".join(who[:4]))

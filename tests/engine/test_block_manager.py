@@ -2,7 +2,7 @@
 
 from engine_fakes import assert_all_free, make_seq
 
-from rusteeze.engine.block_manager import NULL_BLOCK, BlockManager
+from rusteeze.engine.block_manager import NO_PARENT, NULL_BLOCK, BlockManager, default_hash
 
 
 def computed(bm: BlockManager, seq, cached=()):
@@ -149,3 +149,77 @@ def test_sliding_window_releases_blocks_no_query_can_see():
     assert len(seq.block_table) == 4
     bm.free(seq)
     assert_all_free(bm)
+
+
+def test_digest_is_sha256_over_the_whole_chain():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a, b = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9]), make_seq([0, 2, 3, 4, 5, 6, 7, 8, 9])
+    bm.find_cached_prefix(a)
+    bm.find_cached_prefix(b)
+    assert all(isinstance(h, bytes) and len(h) == 32 for h in a.block_hashes)
+    assert a.block_hashes[0] == default_hash(NO_PARENT, (1, 2, 3, 4))
+    assert a.block_hashes[1] != b.block_hashes[1]  # same tokens, different parent
+    assert default_hash(NO_PARENT, (1, 2)) != default_hash(NO_PARENT, (1 << 32 | 1, 2))  # 64-bit ids
+
+
+def test_a_collision_under_an_evicted_parent_is_a_miss_not_wrong_kv():
+    """Digest = the block's last token: the parent is not in the digest at all.
+
+    A's block 1 (tokens 5..8 after 1..4) stays cached while A's block 0 slides out of
+    the window and is evicted. Z = [10, 11, 12, 4] gets block 0's digest. A prompt
+    Z + 5..8 must not reuse A's block 1: its KV was computed after 1..4, not after Z.
+    """
+    bm = BlockManager(num_blocks=4, block_size=4, sliding_window=4, hash_fn=lambda parent, tokens: tokens[-1])
+    a = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    computed(bm, a)
+    bm.release_out_of_window(a)  # block 0 (1..4) freed, still cached
+    assert a.block_table[0] == NULL_BLOCK and bm.is_cached(0) and bm.is_cached(1)
+    z = make_seq([10, 11, 12, 4, 13])
+    computed(bm, z)  # takes blocks 3 and 0: A's block 0 is evicted
+    assert z.block_table == [3, 0] and bm.is_cached(3) and not bm.is_cached(0)
+    hits = bm.find_cached_prefix(make_seq([10, 11, 12, 4, 5, 6, 7, 8, 9]))
+    assert hits == [3]  # block 1 under the wrong parent is a miss (it was a hit before the fix)
+    assert bm.find_cached_prefix(make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9])) == []  # its real parent is gone
+    for s in (a, z):
+        bm.free(s)
+    assert_all_free(bm)
+
+
+def test_an_orphaned_cache_entry_gives_way_to_the_recomputed_block():
+    """After its parent is evicted, a cached block is unreachable; recomputing the chain re-registers it."""
+    bm = BlockManager(num_blocks=4, block_size=4, sliding_window=4)
+    a = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    computed(bm, a)
+    bm.release_out_of_window(a)
+    filler = make_seq([20, 21, 22, 23, 24])
+    computed(bm, filler)  # evicts A's block 0; block 1 (held by A) is now an orphan
+    bm.free(filler)
+    b = make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert bm.find_cached_prefix(b) == []
+    bm.free(a)
+    computed(bm, b)
+    assert bm.find_cached_prefix(make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])) == b.block_table[:2]
+    bm.free(b)
+    assert_all_free(bm)
+
+
+def test_poison_records_fresh_and_uncached_freed_blocks_never_cache_hits():
+    bm = BlockManager(num_blocks=8, block_size=4, poison=True)
+    a = make_seq(list(range(10)))
+    computed(bm, a)  # blocks 0, 1 cached; 2 partial
+    assert bm.take_poisoned() == [0, 1, 2] and bm.take_poisoned() == []
+    bm.free(a)
+    assert bm.take_poisoned() == [2]  # the uncached block only
+    b = make_seq([*range(8), 50, 51])
+    hits = bm.find_cached_prefix(b)
+    computed(bm, b, hits)
+    assert hits == [0, 1] and bm.take_poisoned() == [2]  # the hits hold valid KV
+    bm.free(b)
+    bm.take_poisoned()
+    w = BlockManager(num_blocks=8, block_size=4, sliding_window=4, enable_prefix_caching=False, poison=True)
+    s = make_seq(list(range(9)))
+    computed(w, s)
+    w.take_poisoned()
+    w.release_out_of_window(s)
+    assert w.take_poisoned() == [0]  # released by the window
+    assert not BlockManager(num_blocks=2, block_size=4, poison=False).take_poisoned()
