@@ -176,6 +176,14 @@ def paged_attention(
     token at absolute position ``p`` sees keys ``j <= p`` (and ``j > p - window``
     when a sliding window is set).
 
+    Only the blocks holding a key that some query of the sequence can see are
+    read, as in the Triton kernel: with a window, blocks before the first
+    query's window are never touched (the block manager releases them, and
+    their table entries, -1 or anything else, point at blocks that belong to
+    someone else). Slots that are read but hidden (the tail of a shorter
+    sequence in a decode batch, the head of a window's first block) may hold
+    anything, NaN included; they never reach the result.
+
     Args:
         q: [T, Hq, D] queries.
         k_cache: [num_blocks, block_size, Hk, D].
@@ -194,18 +202,29 @@ def paged_attention(
     plan = _per_step("paged_attention", key, lambda: _batch_plan(*key))
     if plan.decode is not None:
         _decode_attention(q, k_cache, v_cache, plan.decode, scale, out)
-    for s, q_len, ctx, blocks in plan.prefills:
-        k = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, Hk, D]
-        v = v_cache.index_select(0, blocks).flatten(0, 1)[:ctx]
-        mask = None  # a whole prompt without a window is plain causal attention
-        if q_len != ctx or sliding_window is not None:
-            q_pos = torch.arange(ctx - q_len, ctx, device=q.device).unsqueeze(1)  # [q_len, 1]
-            k_pos = torch.arange(ctx, device=q.device).unsqueeze(0)  # [1, ctx]
-            mask = k_pos <= q_pos
-            if sliding_window is not None:
-                mask &= k_pos > q_pos - sliding_window
-        out[s : s + q_len] = _sdpa(q[s : s + q_len], k, v, mask, scale)
+    for p in plan.prefills:
+        rows = slice(p.row, p.row + p.q_len)
+        k = k_cache.index_select(0, p.blocks).flatten(0, 1)[p.offset : p.offset + p.num_keys]  # [keys, Hk, D]
+        v = v_cache.index_select(0, p.blocks).flatten(0, 1)[p.offset : p.offset + p.num_keys]
+        out[rows] = _sdpa(q[rows], k, v, p.mask, scale)
     return out
+
+
+def _first_visible_key(pos: int, sliding_window: int | None) -> int:
+    """Position of the first key a query at ``pos`` sees."""
+    return 0 if sliding_window is None else max(0, pos - sliding_window + 1)
+
+
+@dataclass
+class _PrefillPlan:
+    """Where the queries of one multi-token sequence read the cache (shared by every layer)."""
+
+    row: int  # first query row in the flat batch
+    q_len: int  # query rows
+    num_keys: int  # keys read: positions [first, ctx) where first is the first query's first visible key
+    blocks: torch.Tensor  # [nblocks] int64 physical blocks holding those keys
+    offset: int  # slot of key ``first`` in the gathered blocks
+    mask: torch.Tensor | None  # [q_len, num_keys] bool keys each query sees; None: plain causal (whole prompt)
 
 
 @dataclass
@@ -213,16 +232,16 @@ class _DecodePlan:
     """Where the single-token queries of one batch read the cache (shared by every layer)."""
 
     rows: torch.Tensor  # [B] query row of each decoding sequence
-    blocks: torch.Tensor  # [B * nblocks] int64 physical blocks, sequence-major
-    length: int  # keys read per sequence, L: the longest context (its tail past shorter ones is masked)
+    blocks: torch.Tensor  # [B * nblocks] int64 physical blocks, sequence-major, from each one's window start
+    length: int  # keys read per sequence, L: the widest span (its tail past shorter ones is masked)
     mask: torch.Tensor | None  # [B, 1, 1, L] keys each query may see; None when all of them
-    hidden: torch.Tensor  # [M] int64 flat positions in the gathered [B * L] keys that the mask hides
+    hidden: torch.Tensor  # [M] int64 flat positions in the gathered [B * whole blocks] keys that the mask hides
 
 
 @dataclass
 class _BatchPlan:
     decode: _DecodePlan | None
-    prefills: list[tuple[int, int, int, torch.Tensor]]  # (first row, q_len, context, [nblocks] blocks)
+    prefills: list[_PrefillPlan]
 
 
 def _batch_plan(
@@ -235,17 +254,28 @@ def _batch_plan(
     """The per-batch index work; paged_attention memoizes it per step (see _per_step)."""
     starts = cu_seqlens_q.tolist()
     ctx_lens = seq_lens.tolist()
-    tables = block_tables.long().clamp_min(0)  # -1 (released or unused) reads block 0, masked
+    tables = block_tables.long().clamp_min(0)  # -1 (unused) reads block 0, masked
+    device = seq_lens.device
     decode, prefills = [], []
     for b, ctx in enumerate(ctx_lens):
         q_len = starts[b + 1] - starts[b]
         if q_len == 1:
             decode.append(b)
         elif q_len > 1:
-            prefills.append((starts[b], q_len, ctx, tables[b, : -(-ctx // block_size)]))
+            first = _first_visible_key(ctx - q_len, sliding_window)
+            lo = first // block_size
+            mask = None  # a whole prompt without a window is plain causal attention
+            if q_len != ctx or sliding_window is not None:
+                q_pos = torch.arange(ctx - q_len, ctx, device=device).unsqueeze(1)  # [q_len, 1]
+                k_pos = torch.arange(first, ctx, device=device).unsqueeze(0)  # [1, keys]
+                mask = k_pos <= q_pos
+                if sliding_window is not None:
+                    mask &= k_pos > q_pos - sliding_window
+            blocks = tables[b, lo : -(-ctx // block_size)]
+            prefills.append(_PrefillPlan(starts[b], q_len, ctx - first, blocks, first - lo * block_size, mask))
     plan = _BatchPlan(None, prefills)
     if decode:
-        plan.decode = _decode_plan(decode, starts, ctx_lens, tables, block_size, sliding_window, seq_lens.device)
+        plan.decode = _decode_plan(decode, starts, ctx_lens, tables, block_size, sliding_window, device)
     return plan
 
 
@@ -258,23 +288,35 @@ def _decode_plan(
     sliding_window: int | None,
     device: torch.device,
 ) -> _DecodePlan:
+    """Sequence ``b`` reads whole blocks from the one holding its first visible key; spans padded to the widest."""
     lens_list = [ctx_lens[b] for b in decode]
-    width = max(lens_list)  # L
-    nblocks = -(-width // block_size)
     idx = torch.tensor(decode, device=device)
     rows = torch.tensor([starts[b] for b in decode], device=device)
-    blocks = tables[idx, :nblocks].reshape(-1)  # [B * nblocks]
-    mask, hidden = None, torch.empty(0, dtype=torch.long, device=device)
-    if sliding_window is not None or min(lens_list) != width:
-        lens = torch.tensor(lens_list, device=device)
-        k_pos = torch.arange(width, device=device).unsqueeze(0)  # [1, L]
-        visible = k_pos < lens.unsqueeze(1)  # [B, L]
-        if sliding_window is not None:
-            visible &= k_pos >= (lens - sliding_window).unsqueeze(1)
-        mask = visible[:, None, None, :]
-        seq, pos = (~visible).nonzero().unbind(1)
-        hidden = seq * (nblocks * block_size) + pos  # flat rows of the gathered [B * whole blocks] keys
-    return _DecodePlan(rows, blocks, width, mask, hidden)
+    if sliding_window is None:
+        width = max(lens_list)  # L
+        nblocks = -(-width // block_size)
+        blocks = tables[idx, :nblocks].reshape(-1)  # [B * nblocks]
+        if min(lens_list) == width:  # every single-stream step: nothing to hide
+            return _DecodePlan(rows, blocks, width, None, torch.empty(0, dtype=torch.long, device=device))
+        firsts = torch.zeros(len(decode), dtype=torch.long, device=device)
+    else:
+        first_blocks = [_first_visible_key(n - 1, sliding_window) // block_size for n in lens_list]
+        width = max(n - f * block_size for n, f in zip(lens_list, first_blocks, strict=True))
+        nblocks = -(-width // block_size)
+        firsts = torch.tensor(first_blocks, device=device)
+        # Columns past a sequence's last block read whatever the table holds there (masked below).
+        cols = (firsts.unsqueeze(1) + torch.arange(nblocks, device=device)).clamp_max(tables.shape[1] - 1)
+        blocks = tables[idx.unsqueeze(1), cols].reshape(-1)  # [B * nblocks]
+    lens = torch.tensor(lens_list, device=device).unsqueeze(1)  # [B, 1]
+    k_pos = firsts.unsqueeze(1) * block_size + torch.arange(width, device=device)  # [B, L] absolute key positions
+    visible = k_pos < lens
+    if sliding_window is not None:
+        visible &= k_pos >= lens - sliding_window
+    seq, pos = (~visible).nonzero().unbind(1)
+    if seq.numel() == 0:
+        return _DecodePlan(rows, blocks, width, None, seq)
+    hidden = seq * (nblocks * block_size) + pos  # flat rows of the gathered [B * whole blocks] keys
+    return _DecodePlan(rows, blocks, width, visible[:, None, None, :], hidden)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:

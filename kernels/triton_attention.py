@@ -150,7 +150,9 @@ def _paged_attention_kernel(
     for t in range(my_lo, my_hi):
         keys = t * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] absolute key positions
         logical = keys // block_size
-        key_ok = (keys < kv_end) & (logical < max_blocks)
+        # Keys before kv_start share a BLOCK_N tile with visible ones but no row sees them, and
+        # their blocks may be released (table entry -1, or a block someone else owns): read nothing.
+        key_ok = (keys >= kv_start) & (keys < kv_end) & (logical < max_blocks)
         phys = tl.load(table_row + logical, mask=key_ok, other=0).to(tl.int64)
         key_ok = key_ok & (phys >= 0) & (phys < num_blocks)
         slot_off = phys * stride_cb + (keys % block_size).to(tl.int64) * stride_cs + head_off  # [BLOCK_N]

@@ -7,6 +7,8 @@ Triton kernel. On CPU the Triton kernel runs under the interpreter
 bf16 runs only on CUDA, where the interpreter is not involved.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -52,3 +54,29 @@ def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> tor
     """Deterministic normal values on the test device."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=DEVICE, dtype=dtype)
+
+
+def reference_attention(q, keys, values, specs, scale, window) -> torch.Tensor:
+    """out[row, h] = softmax(q·k_j · scale) · v_j over visible keys j, in float64.
+
+    A per-query, per-head loop over each sequence's keys in *logical* order
+    (``keys[b]``, ``values[b]``: [ctx, Hk, D]; ``specs[b] = (ctx, q_len)``): it
+    never sees a block table or a cache.
+    """
+    hq, hk = q.shape[1], keys[0].shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    row = 0
+    for (ctx, q_len), k_seq, v_seq in zip(specs, keys, values, strict=True):
+        for i in range(q_len):
+            pos = ctx - q_len + i  # the query is the token at this absolute position
+            lo = max(0, pos - window + 1) if window else 0
+            for h in range(hq):
+                k = k_seq[lo : pos + 1, h // (hq // hk)].double().cpu()  # [n, D]
+                v = v_seq[lo : pos + 1, h // (hq // hk)].double().cpu()
+                scores = [float(kj @ q[row, h].double().cpu()) * scale for kj in k]
+                top = max(scores)
+                weights = [math.exp(s - top) for s in scores]
+                total = sum(weights)
+                out[row, h] = sum(w / total * vj for w, vj in zip(weights, v, strict=True))
+            row += 1
+    return out

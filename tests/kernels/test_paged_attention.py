@@ -11,31 +11,10 @@ import math
 
 import pytest
 import torch
-from kernel_refs import DEVICE, DTYPES, assert_close, backends, randn
+from kernel_refs import DEVICE, DTYPES, assert_close, backends, randn, reference_attention
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels import triton_ops
-
-
-def reference_attention(q, keys, values, specs, scale, window) -> torch.Tensor:
-    """out[row, h] = softmax(q·k_j · scale) · v_j over visible keys j, in float64."""
-    hq, hk = q.shape[1], keys[0].shape[1]
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    row = 0
-    for (ctx, q_len), k_seq, v_seq in zip(specs, keys, values, strict=True):
-        for i in range(q_len):
-            pos = ctx - q_len + i  # the query is the token at this absolute position
-            lo = max(0, pos - window + 1) if window else 0
-            for h in range(hq):
-                k = k_seq[lo : pos + 1, h // (hq // hk)].double().cpu()  # [n, D]
-                v = v_seq[lo : pos + 1, h // (hq // hk)].double().cpu()
-                scores = [float(kj @ q[row, h].double().cpu()) * scale for kj in k]
-                top = max(scores)
-                weights = [math.exp(s - top) for s in scores]
-                total = sum(weights)
-                out[row, h] = sum(w / total * vj for w, vj in zip(weights, v, strict=True))
-            row += 1
-    return out
 
 
 def make_batch(specs, block_size, hq, hk, dim, dtype, pad=0, seed=0, strided_q=False):
