@@ -6,32 +6,99 @@ first and for CPU speed second (vectorized; no Python loop over tokens).
 
 Every layer of a forward pass calls the same op with the same per-step
 tensors (positions, slot mapping, attention metadata), so the index work that
-depends only on them is done once per step: :func:`_per_step` memoizes the
-last result per op on the identity of those tensors.
+depends only on them is done once per step, by a :class:`StepPlan`: the step's
+``AttentionMetadata`` owns one (``meta.plan``, so it dies with the step), and
+the model's forward makes it the current plan of its thread for the duration
+of the pass (``with meta.plan.active(): ...``). An op called with tensors that
+are not the current plan's (or outside any forward, as the kernel tests call
+them) computes its index work itself.
 """
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-_step_memo: dict[str, tuple[tuple[Any, ...], Any]] = {}
 
+class StepPlan:
+    """The torch path's per-step index work, computed on first use and shared by every layer.
 
-def _per_step(op: str, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-    """``compute()``, or its last result for ``op`` when called again with the very same ``key`` objects.
+    Holds the step's metadata tensors (never edited in place once a step runs)
+    and, lazily: the attention plan per (block size, window), the rotary rows
+    for the step's positions, and the store's padding filter.
 
-    The memo holds the key's tensors, so an identity cannot be reused by a
-    different tensor while it is stored; per-step tensors are never edited in place.
+    Args:
+        cu_seqlens_q, seq_lens, slot_mapping, block_tables: the step's
+            ``AttentionMetadata`` tensors (see ``rusteeze.models.attention``).
     """
-    last = _step_memo.get(op)
-    if last is not None and len(last[0]) == len(key) and all(a is b for a, b in zip(last[0], key, strict=True)):
-        return last[1]
-    value = compute()
-    _step_memo[op] = (key, value)
-    return value
+
+    def __init__(
+        self,
+        cu_seqlens_q: torch.Tensor,
+        seq_lens: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        block_tables: torch.Tensor,
+    ) -> None:
+        self.cu_seqlens_q = cu_seqlens_q
+        self.seq_lens = seq_lens
+        self.slot_mapping = slot_mapping
+        self.block_tables = block_tables
+        self._attention: dict[tuple[int, int | None], _BatchPlan] = {}
+        self._rotation: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._store: tuple[torch.Tensor | None] | None = None
+
+    @contextmanager
+    def active(self) -> Iterator["StepPlan"]:
+        """Make this the current plan of the calling thread (and context) until the block exits."""
+        token = _current_plan.set(self)
+        try:
+            yield self
+        finally:
+            _current_plan.reset(token)
+
+    def attention(
+        self,
+        cu_seqlens_q: torch.Tensor,
+        seq_lens: torch.Tensor,
+        block_tables: torch.Tensor,
+        block_size: int,
+        sliding_window: int | None,
+    ) -> "_BatchPlan | None":
+        """The batch plan for these tensors, or None when they are not this step's."""
+        if (
+            cu_seqlens_q is not self.cu_seqlens_q
+            or seq_lens is not self.seq_lens
+            or block_tables is not self.block_tables
+        ):
+            return None
+        key = (block_size, sliding_window)
+        plan = self._attention.get(key)
+        if plan is None:
+            plan = self._attention[key] = _batch_plan(cu_seqlens_q, seq_lens, block_tables, block_size, sliding_window)
+        return plan
+
+    def rotation(self, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`_rotation` of the step's positions (one forward passes the same positions to every layer)."""
+        last = self._rotation
+        if last is None or last[0] is not positions or last[1] is not cos_sin_cache:
+            last = self._rotation = (positions, cos_sin_cache, _rotation(positions, cos_sin_cache))
+        return last[2]
+
+    def store_filter(self, slot_mapping: torch.Tensor) -> torch.Tensor | None:
+        """:func:`_padding_filter` of the step's slot mapping."""
+        if slot_mapping is not self.slot_mapping:
+            return _padding_filter(slot_mapping)
+        if self._store is None:
+            self._store = (_padding_filter(slot_mapping),)
+        return self._store[0]
+
+
+# The plan of the forward pass running in this thread (or asyncio context), if any:
+# a scoped pointer, set and reset by StepPlan.active(); the plan itself belongs to the step.
+_current_plan: ContextVar[StepPlan | None] = ContextVar("rusteeze_torch_step_plan", default=None)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,7 +155,8 @@ def rotary_embedding(
             False for the interleaved (GPT-J) layout.
     """
     rot = cos_sin_cache.shape[-1]
-    cos, sin = _per_step("rotary", (positions, cos_sin_cache), lambda: _rotation(positions, cos_sin_cache))
+    step = _current_plan.get()
+    cos, sin = _rotation(positions, cos_sin_cache) if step is None else step.rotation(positions, cos_sin_cache)
     for t in (q, k):
         part = t[..., :rot]  # [T, H, R] view
         if is_neox and t.dtype == torch.float32:
@@ -143,7 +211,8 @@ def store_kv(
         slot_mapping: [T] int64 flat slot (block * block_size + offset) of
             each token; -1 means "do not store" (padding).
     """
-    keep = _per_step("store_kv", (slot_mapping,), lambda: _padding_filter(slot_mapping))
+    step = _current_plan.get()
+    keep = _padding_filter(slot_mapping) if step is None else step.store_filter(slot_mapping)
     slots = slot_mapping.long()
     if keep is not None:
         slots, key, value = slots[keep], key[keep], value[keep]
@@ -198,8 +267,11 @@ def paged_attention(
         [T, Hq, D] attention output.
     """
     out = torch.empty_like(q)
-    key = (cu_seqlens_q, seq_lens, block_tables, k_cache.shape[1], sliding_window)
-    plan = _per_step("paged_attention", key, lambda: _batch_plan(*key))
+    step = _current_plan.get()
+    args = (cu_seqlens_q, seq_lens, block_tables, k_cache.shape[1], sliding_window)
+    plan = step.attention(*args) if step is not None else None
+    if plan is None:
+        plan = _batch_plan(*args)
     if plan.decode is not None:
         _decode_attention(q, k_cache, v_cache, plan.decode, scale, out)
     for p in plan.prefills:
@@ -251,7 +323,7 @@ def _batch_plan(
     block_size: int,
     sliding_window: int | None,
 ) -> _BatchPlan:
-    """The per-batch index work; paged_attention memoizes it per step (see _per_step)."""
+    """The per-batch index work (a StepPlan computes it once per step)."""
     starts = cu_seqlens_q.tolist()
     ctx_lens = seq_lens.tolist()
     tables = block_tables.long().clamp_min(0)  # -1 (unused) reads block 0, masked

@@ -1,8 +1,11 @@
 """Attention metadata: how a flat, unpadded batch maps onto the paged KV cache."""
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+
+from rusteeze.kernels.torch_ops import StepPlan
 
 
 @dataclass
@@ -23,12 +26,21 @@ class AttentionMetadata:
         slot_mapping: [T] int64 flat cache slot (block * block_size + offset) of
             each new token; -1 skips the write (padding).
         block_tables: [B, max_blocks] int32 physical block of each logical block.
+        plan: the torch kernels' index work for this step (built on first use,
+            shared by every layer, gone with the metadata); the model's forward
+            runs inside ``with meta.plan.active():``. The tensors above are
+            never edited in place once a forward has used them.
     """
 
     cu_seqlens_q: torch.Tensor
     seq_lens: torch.Tensor
     slot_mapping: torch.Tensor
     block_tables: torch.Tensor
+
+    @cached_property
+    def plan(self) -> StepPlan:
+        """The step's :class:`~rusteeze.kernels.torch_ops.StepPlan` (cheap to make; filled lazily)."""
+        return StepPlan(self.cu_seqlens_q, self.seq_lens, self.slot_mapping, self.block_tables)
 
     @property
     def num_seqs(self) -> int:

@@ -167,8 +167,9 @@ class LlamaForCausalLM(nn.Module):
         """
         hidden = self.embed_tokens(input_ids)  # [T, H]
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden, residual = layer(positions, hidden, residual, self.rope, kv_cache, meta)
+        with meta.plan.active():  # the torch kernels' per-step index work, done once for all layers
+            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                hidden, residual = layer(positions, hidden, residual, self.rope, kv_cache, meta)
         return self.norm(hidden, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
