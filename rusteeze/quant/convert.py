@@ -288,6 +288,8 @@ def quantize_model(
         config = {**source.hf_config, "quantization_config": quant.to_json(), "torch_dtype": "float16"}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         source.write_side_files(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # safetensors writes its files 0600; the model is as readable as its directory
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)

@@ -110,6 +110,7 @@ def test_existing_output_needs_force_and_model_is_never_overwritten(tiny_llama_d
     quantize_model(tiny_llama_dir, out, QuantConfig("int8"), force=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["q"]  # no temp dir left behind
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o644}  # safetensors alone writes 0600
 
 
 def test_foreign_quantization_config_is_unsupported(tiny_llama_dir, tmp_path):
