@@ -73,7 +73,9 @@ class Engine:
         self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device)
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
-        torch.manual_seed(config.seed)
+        # Unseeded requests sample from this engine's own generator: reproducible for a given
+        # config seed, whatever else runs in the process (torch's global generator is left alone).
+        self.generator = torch.Generator(device=loaded.device).manual_seed(config.seed)
 
     # -- requests -------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class Engine:
             )
             if params.seed is not None:
                 seq.generator = torch.Generator(device=self.runner.device).manual_seed((params.seed + i) % 2**64)
+            else:
+                seq.generator = self.generator
             seqs.append(seq)
         return Request(request_id, text, ids, params, seqs, self.tokenizer, time.time())
 

@@ -9,9 +9,13 @@ Order of operations (per row; rows differ only in their parameters):
 3. greedy rows (temperature 0) take the argmax here;
 4. the rest: temperature, top-k, top-p, min-p (transformers' order), then one
    draw from the softmax with the exponential-race trick
-   ``argmax(p / E), E ~ Exp(1)``, which needs no sort and no cumsum. Rows with
-   a seed draw ``E`` from their own torch.Generator, so a seeded request gets
-   the same tokens whatever else shares the batch.
+   ``argmax(p / E), E ~ Exp(1)``, which needs no sort and no cumsum. Each row
+   draws ``E`` from its sequence's torch.Generator: a seeded request's own, so
+   it gets the same tokens whatever else shares the batch, or else the engine's
+   (seeded with the engine's ``seed``; rows sharing it draw as one block, in
+   row order). Greedy rows draw nothing. Nothing here touches torch's global
+   generator unless a sequence has no generator at all (one made outside an
+   engine).
 
 Logprobs are taken from the *raw* distribution: log-softmax of the model's
 logits before step 1 (vLLM v1's default). A greedy token therefore has rank 1,
@@ -49,7 +53,7 @@ class SamplingBatch:
     output_counts: torch.Tensor | None  # [B, V] float32: occurrences in the output
     bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (rows, cols, values)
     banned: tuple[torch.Tensor, torch.Tensor] | None  # (rows, cols) set to -inf
-    generators: list[tuple[int, torch.Generator]]  # (row, generator) of seeded rows
+    draws: list[tuple[list[int], torch.Generator | None]]  # sampling rows grouped by generator, first-row order
     num_logprobs: list[int | None]  # per row
 
     @classmethod
@@ -98,9 +102,18 @@ class SamplingBatch:
             output_counts=output_counts,
             bias=bias,
             banned=banned,
-            generators=[(i, s.generator) for i, s in enumerate(seqs) if s.generator is not None],
+            draws=_draw_groups(seqs, greedy),
             num_logprobs=[p.logprobs for p in ps],
         )
+
+
+def _draw_groups(seqs: list[Sequence], greedy: list[bool]) -> list[tuple[list[int], torch.Generator | None]]:
+    """The non-greedy rows grouped by the generator they draw from (None: torch's global one)."""
+    groups: dict[int, tuple[list[int], torch.Generator | None]] = {}
+    for i, (s, g) in enumerate(zip(seqs, greedy, strict=True)):
+        if not g:
+            groups.setdefault(id(s.generator), ([], s.generator))[0].append(i)
+    return list(groups.values())
 
 
 def _counts(rows: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -171,15 +184,26 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, li
     tokens = logits.argmax(dim=-1)  # [B]
     if not batch.all_greedy:
         probs = apply_truncation(logits, batch).softmax(dim=-1)  # [B, V]
-        race = torch.empty_like(probs).exponential_()
-        for row, gen in batch.generators:
-            race[row].exponential_(generator=gen)
-        sampled = (probs / race).argmax(dim=-1)
+        sampled = (probs / _race(probs, batch.draws)).argmax(dim=-1)
         tokens = torch.where(batch.greedy, tokens, sampled)
     want = [k for k in batch.num_logprobs if k is not None]
     if not want:
         return tokens, [None] * len(batch.num_logprobs)
     return tokens, gather_logprobs(raw, tokens, batch.num_logprobs)
+
+
+def _race(probs: torch.Tensor, draws: list[tuple[list[int], torch.Generator | None]]) -> torch.Tensor:
+    """[B, V] Exp(1) variates for the sampling rows, each group from its generator (greedy rows: 1)."""
+    if len(draws) == 1 and len(draws[0][0]) == probs.shape[0]:
+        return torch.empty_like(probs).exponential_(generator=draws[0][1])  # one generator, every row
+    race = torch.ones_like(probs)
+    for rows, gen in draws:
+        if len(rows) == 1:
+            race[rows[0]].exponential_(generator=gen)
+        else:
+            block = torch.empty((len(rows), probs.shape[1]), dtype=probs.dtype, device=probs.device)
+            race[torch.tensor(rows, device=probs.device)] = block.exponential_(generator=gen)
+    return race
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, num: list[int | None]) -> list[Logprobs | None]:

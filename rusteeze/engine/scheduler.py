@@ -21,6 +21,7 @@ checks that). No one is admitted in a step that preempted.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -83,10 +84,12 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._seq_ids = itertools.count()  # this scheduler's (its engine's) sequence ids
 
     def add(self, seq: Sequence) -> None:
-        """Queue a new sequence (FCFS)."""
-        assert seq.status is SequenceStatus.WAITING and not seq.block_table
+        """Queue a new sequence (FCFS) and give it its id."""
+        assert seq.status is SequenceStatus.WAITING and not seq.block_table and seq.seq_id < 0
+        seq.seq_id = next(self._seq_ids)
         self.waiting.append(seq)
 
     def has_unfinished(self) -> bool:

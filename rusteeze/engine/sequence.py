@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import enum
-import itertools
-from typing import Any
+
+import torch
 
 from rusteeze.sampling import SamplingParams
-
-_ids = itertools.count()
 
 
 class SequenceStatus(enum.Enum):
@@ -30,7 +28,9 @@ class Sequence:
     running sequence then has exactly one uncomputed token (a "decode").
 
     Attributes:
-        seq_id: unique, increasing: a larger id was created later.
+        seq_id: unique within its engine, increasing: a larger id was queued
+            later. Given by the engine's scheduler when it queues the sequence
+            (-1 before): ids belong to an engine, no process-wide counter.
         request_id: the request this completion belongs to.
         index: which of the request's ``n`` completions this is.
         token_ids: prompt followed by generated tokens.
@@ -47,7 +47,9 @@ class Sequence:
         eos_token_ids: tokens that end the completion unless ``ignore_eos``.
         parent: for completion ``i > 0`` of an ``n > 1`` request, completion 0,
             whose prompt blocks it shares.
-        generator: the seeded torch.Generator of this completion, or None.
+        generator: the torch.Generator this completion samples from: its own,
+            seeded by the request's seed, or its engine's (seeded by the
+            engine's ``seed``); None outside an engine (torch's global one).
         finish_reason: "stop" | "length" | "abort" once finished.
         logprobs: per generated token, ``{token_id: (logprob, rank)}``.
         prompt_logprobs: per prompt token (the first is None), like ``logprobs``.
@@ -65,7 +67,7 @@ class Sequence:
         parent: Sequence | None = None,
     ) -> None:
         assert prompt_token_ids, "a sequence needs at least one prompt token"
-        self.seq_id = next(_ids)
+        self.seq_id = -1
         self.request_id = request_id
         self.index = index
         self.token_ids: list[int] = list(prompt_token_ids)
@@ -81,7 +83,7 @@ class Sequence:
         self.max_tokens = max_tokens if max_tokens is not None else (params.max_tokens or 1 << 62)
         self.eos_token_ids = frozenset(eos_token_ids)
         self.parent = parent
-        self.generator: Any = None
+        self.generator: torch.Generator | None = None
         self.finish_reason: str | None = None
         self.logprobs: list[dict[int, tuple[float, int]]] | None = [] if params.logprobs is not None else None
         self.prompt_logprobs: list[dict[int, tuple[float, int]] | None] | None = (

@@ -149,3 +149,23 @@ def test_gather_logprobs_skips_rows_and_handles_zero_alternatives():
     assert out[0] is None
     assert list(out[1]) == [1]
     assert len(out[2]) in (3, 4) and 2 in out[2]
+
+
+def test_rows_draw_from_their_sequences_generators_only():
+    """Unseeded rows share their engine's generator (one block, row order); greedy rows draw nothing."""
+    shared, own = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    temps = (0, 1.0, 1.0, 0.7, 0)
+    seqs = [make_seq([1], temperature=t) for t in temps]
+    for s in seqs:
+        s.generator = shared
+    seqs[2].generator = own
+    logits = torch.randn(5, V, generator=torch.Generator().manual_seed(3))
+    before = torch.get_rng_state()
+    tokens, _ = sample(logits.clone(), batch_of(seqs))
+    assert torch.equal(torch.get_rng_state(), before)  # torch's global generator untouched
+    replay = torch.Generator().manual_seed(1)
+    race = torch.empty(2, V).exponential_(generator=replay)  # rows 1 and 3, one block
+    expected = [((logits[r] / temps[r]).softmax(-1) / race[i]).argmax().item() for i, r in enumerate((1, 3))]
+    assert [tokens[1].item(), tokens[3].item()] == expected
+    assert torch.equal(shared.get_state(), replay.get_state())  # nothing else drawn from it
+    assert [tokens[0].item(), tokens[4].item()] == [logits[0].argmax().item(), logits[4].argmax().item()]
