@@ -115,7 +115,7 @@ def dir_size(path: Path) -> int:
 
 
 def resolve_request(source: Source, quant: QuantConfig, on_warning: Callable[[str], None]) -> QuantConfig:
-    """Fill in the defaults the request left open, and warn when it requantizes 4-bit weights.
+    """Fill in the defaults the request left open, check it, and warn when it requantizes 4-bit weights.
 
     A GGUF whose projections hold Q4_0/Q4_1 blocks defaults to group 32 (kept
     bit-exact); a GGUF with a quantized token embedding defaults to an int8 one
@@ -126,6 +126,7 @@ def resolve_request(source: Source, quant: QuantConfig, on_warning: Callable[[st
     resolved = quant.resolved(
         EXACT_GROUP if four_bit else DEFAULT_GROUP, embedding is not None and embedding not in FLOAT_TYPES
     )
+    check_request(source, resolved)
     if four_bit and resolved.method == "int4" and resolved.group_size != EXACT_GROUP:
         on_warning(
             f"group size {resolved.group_size} requantizes the already-quantized GGUF {'/'.join(four_bit)} weights "
@@ -278,7 +279,6 @@ def quantize_model(
         raise QuantizationError(f"{out} already exists; pass --force to replace it")
     source = open_source(src_path)
     quant = resolve_request(source, quant, on_warning or (lambda msg: warnings.warn(msg, stacklevel=3)))
-    check_request(source, quant)
     tally = Tally()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

@@ -80,3 +80,14 @@ def test_int4_answers_paris_with_the_float_models_tokens(smollm2_gguf_path, int4
     float_llm = LLM(smollm2_gguf_path, gguf_direct=False, dtype="float32", kernel_backend="torch", **small)
     expected = float_llm.chat(QUESTION, SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].token_ids
     assert answer.token_ids[:8] == expected
+
+
+def test_group_that_does_not_fit_is_an_error_without_the_requantize_warning(smollm2_gguf_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from rusteeze.commands.main import app
+
+    result = CliRunner().invoke(app, ["quantize", smollm2_gguf_path, "-g", "128", "-o", str(tmp_path / "q")])
+    assert result.exit_code == 1
+    assert "group size 128 does not divide hidden_size = 576" in result.stderr
+    assert "Warning" not in result.stderr and list(tmp_path.iterdir()) == []
