@@ -1,14 +1,17 @@
-"""Hot ops with two implementations: Triton kernels for CUDA, torch for the rest.
+"""Hot ops with three implementations: Triton kernels for CUDA, Numba kernels for CPUs, torch as the reference.
 
 Use :func:`get_ops` to obtain a namespace of ops for a backend:
 
 * ``"auto"``: Triton for CUDA tensors, torch otherwise (decided per call);
 * ``"torch"``: always torch;
 * ``"triton"``: always Triton; on CPU tensors this needs ``TRITON_INTERPRET=1``
-  set before ``triton`` is first imported (that is how the tests run it).
+  set before ``triton`` is first imported (that is how the tests run it);
+* ``"numba"``: the Numba CPU kernels (``numba_ops``) for every op but the
+  quantized matmuls, which stay torch's.
 
-Nothing here imports ``triton`` at import time: the Triton module is loaded
-the first time a Triton op is actually called.
+Nothing here imports ``triton`` or ``numba`` at import time: the Triton module
+is loaded the first time a Triton op is actually called, the Numba module by
+``get_ops("numba")``.
 """
 
 import importlib
@@ -29,7 +32,8 @@ OP_NAMES = (
     "int8_matmul",
     "int4_matmul",
 )
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "numba", "torch")
+NUMBA_OP_NAMES = tuple(n for n in OP_NAMES if n not in ("int8_matmul", "int4_matmul"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Ops:
     paged_attention: Callable
     int8_matmul: Callable
     int4_matmul: Callable
+    # rotary_embedding + store_kv in one pass, where the backend has it (numba); None elsewhere.
+    rotary_store_kv: Callable | None = None
 
 
 def _triton_module() -> ModuleType:
@@ -74,11 +80,15 @@ def get_ops(backend: str = "auto") -> Ops:
     """Return the ops of one backend.
 
     Args:
-        backend: "auto", "triton" or "torch".
+        backend: "auto", "triton", "numba" or "torch".
 
     Raises:
         KernelError: for an unknown backend name.
     """
+    if backend == "numba":
+        numba_ops = importlib.import_module("rusteeze.kernels.numba_ops")
+        ops = {n: getattr(numba_ops, n) if n in NUMBA_OP_NAMES else getattr(torch_ops, n) for n in OP_NAMES}
+        return Ops(**ops, rotary_store_kv=numba_ops.rotary_store_kv)
     if backend == "torch":
         return Ops(**{n: getattr(torch_ops, n) for n in OP_NAMES})
     if backend == "triton":

@@ -20,7 +20,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-KERNEL_BACKENDS = ("auto", "triton", "torch")
+KERNEL_BACKENDS = ("auto", "triton", "numba", "torch")
 SECTION_TABLES = ("server", "chat")
 _SIZE_UNITS = {
     "": 1,
@@ -77,7 +77,8 @@ class EngineConfig:
         max_num_seqs: most sequences in one step.
         max_num_batched_tokens: most tokens (prefill + decode) in one step.
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
-        kernel_backend: "auto" (Triton on CUDA, torch otherwise), "triton" or "torch".
+        kernel_backend: "auto" (Triton on CUDA, torch otherwise), "triton", "numba"
+            (the Numba CPU kernels; quantized matmuls stay torch's) or "torch".
         seed: seed of the global random generator (per-request seeds override).
         gguf_direct: load a GGUF's Q8_0/Q4_0/Q4_1 tensors straight into the int8/int4
             quantized layers; False dequantizes every GGUF tensor to ``dtype`` (the

@@ -1,0 +1,338 @@
+"""Paged attention (decode, prefill, chunked prefill, GQA, sliding window) as a Numba CPU kernel.
+
+Same semantics as ``torch_ops.paged_attention``: sequence ``b`` owns query rows
+``cu_seqlens_q[b]:cu_seqlens_q[b+1]``, the *last* ``q_len`` tokens of its
+``seq_lens[b]``-token context, whose keys and values are already in the cache;
+the query at absolute position ``p`` sees keys ``j <= p`` (and ``j > p - window``).
+
+Work split: one work item per (sequence, KV head, query tile). A tile packs up
+to ``max(1, TILE_ROWS // G)`` consecutive query tokens times the ``G = Hq / Hk``
+query heads that share the KV head into rows, so every key and value read from
+the cache serves all of them; a decode step is one token, ``G`` rows. Items run
+in parallel (``prange``).
+
+Keys are read in place through the block table (no gather copy), only inside
+the tile's visible range ``[lo of its first query, hi of its last)``: slots
+outside it (unwritten, NaN, or in released sliding-window blocks, table entry
+-1) are never read. Softmax is online over chunks of ``CHUNK`` keys on a grid
+of absolute key positions: per chunk, the scores of every row, the chunk max,
+one rescale of the row's running sum and accumulator, ``exp`` (vectorized, see
+``numba_checks.exp_parts``) and the value accumulation.
+
+Batch invariance: a row's result depends only on its own query, its visible
+key range and the fixed chunk grid — not on the tile it shares, the batch, or
+the thread count. A decode step of position ``p`` computes exactly what the
+prefill row of position ``p`` computes.
+
+Memory traffic: every K/V element in a tile's range is read once per (query
+tile, KV head) — for decode exactly once per sequence, ``2·ctx·Hk·D·4`` bytes —
+plus q and out once.
+
+Float32 only (other dtypes fall back to ``torch_ops.paged_attention``).
+Prefill sequences with at least ``TORCH_PREFILL_MIN_Q`` query tokens go to the
+torch op (SDPA's blocked GEMMs beat a scalar-dot kernel there; see docs/kernels.md).
+"""
+
+import numba
+import numpy as np
+import torch
+
+from rusteeze.errors import KernelError
+from rusteeze.kernels import torch_ops
+from rusteeze.kernels.numba_checks import JIT, check_cpu, exp_parts, index_array, is_f32
+from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_tensor
+
+CHUNK = 64  # keys per online-softmax step (absolute grid: chunk c covers keys [64c, 64c + 64))
+TILE_ROWS = 32  # query rows (tokens × GQA heads) per prefill work item
+TORCH_PREFILL_MIN_Q = 1 << 62  # sequences with this many query tokens or more use the torch op
+
+_OK = 0
+_BAD_BLOCK = 1
+
+
+@numba.njit(**JIT)
+def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale, window, out):
+    """Attention of query tokens ``i0 .. i0+nq`` of one sequence, the G heads of KV head ``g``.
+
+    q: [T, Hq, D]; k_cache/v_cache: [N, S, Hk, D]; table: [max_blocks] int32, this
+    sequence's row of the block table; ctx: context length; row0: the sequence's
+    first query row; q_len: its query count; scale: softmax scale; window: sliding
+    window or 0; out: [T, Hq, D], rows written. Returns _OK or _BAD_BLOCK.
+    """
+    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
+    head_dim = q.shape[2]
+    group = q.shape[1] // k_cache.shape[2]
+    rows = nq * group
+    qs = np.empty((rows, head_dim), np.float32)
+    acc = np.zeros((rows, head_dim), np.float32)
+    s = np.empty((rows, CHUNK), np.float32)
+    m = np.full(rows, -np.inf, np.float32)
+    l_sum = np.zeros(rows, np.float32)
+    lo = np.empty(rows, np.int64)
+    hi = np.empty(rows, np.int64)
+    pbuf = np.empty(CHUNK, np.float32)
+    ebuf = np.empty(CHUNK, np.int32)
+    fbuf = ebuf.view(np.float32)
+    sc = np.float32(scale)
+    for iq in range(nq):
+        pos = ctx - q_len + i0 + iq  # absolute position of this query token
+        first = max(pos - window + 1, 0) if window > 0 else 0
+        for h in range(group):
+            r = iq * group + h
+            lo[r] = first
+            hi[r] = pos + 1
+            qrow = q[row0 + i0 + iq, g * group + h]
+            for d in range(head_dim):
+                qs[r, d] = qrow[d] * sc
+    k_lo = lo[0]  # the first query sees the earliest keys, the last one the latest
+    k_hi = hi[rows - 1]
+    c = (k_lo // CHUNK) * CHUNK
+    while c < k_hi:
+        c_end = min(c + CHUNK, k_hi)
+        j_start = max(c, k_lo)
+        # scores of every row against keys [j_start, c_end), block run by block run
+        j = j_start
+        while j < c_end:
+            lb = j // block_size
+            blk = table[lb]
+            if blk < 0 or blk >= num_blocks:
+                return _BAD_BLOCK
+            run_end = min(c_end, (lb + 1) * block_size)
+            for jj in range(j, run_end):
+                krow = k_cache[blk, jj - lb * block_size, g]
+                for r in range(rows):
+                    dot = np.float32(0.0)
+                    for d in range(head_dim):
+                        dot += qs[r, d] * krow[d]
+                    s[r, jj - c] = dot
+            j = run_end
+        # online softmax: each row over its own visible part of the chunk
+        for r in range(rows):
+            a = max(lo[r], j_start) - c
+            e = min(hi[r], c_end) - c
+            if a >= e:
+                continue
+            mc = s[r, a]
+            for k in range(a + 1, e):
+                mc = max(mc, s[r, k])
+            if mc > m[r]:
+                alpha = np.exp(m[r] - mc)  # exactly 0 on the first chunk (m = -inf)
+                l_sum[r] *= alpha
+                for d in range(head_dim):
+                    acc[r, d] *= alpha
+                m[r] = mc
+            mr = m[r]
+            for k in range(a, e):
+                p, bits = exp_parts(s[r, k] - mr)
+                pbuf[k] = p
+                ebuf[k] = bits
+            total = np.float32(0.0)
+            for k in range(a, e):
+                p = pbuf[k] * fbuf[k]
+                s[r, k] = p
+                total += p
+            l_sum[r] += total
+        # values, weighted by the probabilities now in s
+        j = j_start
+        while j < c_end:
+            lb = j // block_size
+            blk = table[lb]
+            run_end = min(c_end, (lb + 1) * block_size)
+            for jj in range(j, run_end):
+                vrow = v_cache[blk, jj - lb * block_size, g]
+                for r in range(rows):
+                    if jj < lo[r] or jj >= hi[r]:
+                        continue
+                    p = s[r, jj - c]
+                    for d in range(head_dim):
+                        acc[r, d] += p * vrow[d]
+            j = run_end
+        c += CHUNK
+    for iq in range(nq):
+        for h in range(group):
+            r = iq * group + h
+            inv = np.float32(1.0) / l_sum[r] if l_sum[r] > 0 else np.float32(0.0)
+            orow = out[row0 + i0 + iq, g * group + h]
+            for d in range(head_dim):
+                orow[d] = acc[r, d] * inv
+    return _OK
+
+
+@numba.njit(**JIT)
+def _check_batch(cu, seq_lens, tables, tokens, block_size):
+    """Index of the first sequence whose offsets, length or table width are inconsistent, or -1."""
+    for b in range(seq_lens.shape[0]):
+        start, end, ctx = cu[b], cu[b + 1], seq_lens[b]
+        if start < 0 or end < start or end > tokens:
+            return b
+        if end > start and (end - start > ctx or (ctx + block_size - 1) // block_size > tables.shape[1]):
+            return b
+    return -1
+
+
+@numba.njit(parallel=True, **JIT)
+def _attention_kernel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, skip, out):
+    """Every (sequence, KV head, query tile) work item, in parallel; sequences with skip[b] are left out.
+
+    Returns _OK, or _BAD_BLOCK when a visible key's block-table entry is outside the cache.
+    """
+    kv_heads = k_cache.shape[2]
+    group = q.shape[1] // kv_heads
+    tile_q = max(1, TILE_ROWS // group)
+    count = 0
+    for b in range(seq_lens.shape[0]):
+        if not skip[b]:
+            count += kv_heads * ((cu[b + 1] - cu[b] + tile_q - 1) // tile_q)
+    items = np.empty((count, 3), np.int64)  # (sequence, kv head, first query token)
+    n = 0
+    for b in range(seq_lens.shape[0]):
+        if skip[b]:
+            continue
+        for i0 in range(0, cu[b + 1] - cu[b], tile_q):
+            for g in range(kv_heads):
+                items[n, 0] = b
+                items[n, 1] = g
+                items[n, 2] = i0
+                n += 1
+    status = np.zeros(count, np.int64)
+    for w in numba.prange(count):
+        b, g, i0 = items[w, 0], items[w, 1], items[w, 2]
+        q_len = cu[b + 1] - cu[b]
+        nq = min(tile_q, q_len - i0)
+        status[w] = _attend_tile(
+            q, k_cache, v_cache, tables[b], seq_lens[b], cu[b], q_len, i0, nq, g, scale, window, out
+        )
+    return status.max() if count else _OK
+
+
+def _check(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, sliding_window) -> None:
+    op = "paged_attention"
+    check_tensor(op, "q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(op, "k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES)
+    check_tensor(op, "k_cache", k_cache, shape=(None, None, None, q.shape[2]))
+    check_tensor(op, "v_cache", v_cache, shape=tuple(k_cache.shape), dtypes=(k_cache.dtype,))
+    check_tensor(op, "seq_lens", seq_lens, ndim=1, dtypes=(torch.int32, torch.int64), unit_last_stride=False)
+    batch = seq_lens.shape[0]
+    check_tensor(op, "cu_seqlens_q", cu_seqlens_q, shape=(batch + 1,), dtypes=(torch.int32, torch.int64))
+    check_tensor(op, "block_tables", block_tables, shape=(batch, None), dtypes=(torch.int32, torch.int64))
+    check_cpu(
+        op,
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        cu_seqlens_q=cu_seqlens_q,
+        seq_lens=seq_lens,
+        block_tables=block_tables,
+    )
+    if k_cache.shape[2] == 0 or q.shape[1] % k_cache.shape[2]:
+        raise KernelError(f"{op}: query heads ({q.shape[1]}) must be a multiple of KV heads ({k_cache.shape[2]})")
+    if k_cache.shape[1] == 0:
+        raise KernelError(f"{op}: k_cache has block_size 0")
+    if sliding_window is not None and sliding_window < 1:
+        raise KernelError(f"{op}: sliding_window must be >= 1 or None, got {sliding_window}")
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    *,
+    torch_prefill_min_q: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of a flat batch of query tokens over the paged KV cache (Numba).
+
+    Args:
+        q: [T, Hq, D] float32 queries (a non-contiguous q is copied).
+        k_cache: [num_blocks, block_size, Hk, D] float32, contiguous; read in place.
+        v_cache: same shape as k_cache.
+        cu_seqlens_q: [B + 1] int32/int64 query offsets.
+        seq_lens: [B] int32/int64 context length of each sequence (cached + new).
+        block_tables: [B, max_blocks] int32/int64 physical block of each logical
+            block; entries outside a sequence's visible range are never read
+            (-1 for released sliding-window blocks is fine).
+        scale: softmax scale.
+        sliding_window: attend to at most this many most recent keys, or None.
+        torch_prefill_min_q: sequences with at least this many query tokens run
+            through ``torch_ops.paged_attention``; None: :data:`TORCH_PREFILL_MIN_Q`.
+
+    Returns:
+        [T, Hq, D] attention output (rows of no sequence are left uninitialized, as in the torch op).
+
+    Raises:
+        KernelError: wrong shapes, dtypes or devices, inconsistent offsets or
+        lengths, or a block-table entry outside the cache inside a visible range.
+        Other dtypes and non-contiguous caches fall back to the torch op.
+    """
+    op = "paged_attention"
+    if not (
+        is_f32(q, 3)
+        and is_f32(k_cache, 4)
+        and is_f32(v_cache, 4)
+        and k_cache.shape == v_cache.shape
+        and q.shape[2] == k_cache.shape[3]
+        and k_cache.shape[2] > 0
+        and q.shape[1] % k_cache.shape[2] == 0
+        and (sliding_window is None or sliding_window >= 1)
+    ):
+        _check(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, sliding_window)
+        if q.dtype is not torch.float32 or not (is_f32(k_cache, 4) and is_f32(v_cache, 4)):
+            return torch_ops.paged_attention(
+                q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, scale, sliding_window
+            )
+        q = q.contiguous()
+    cu = index_array(op, "cu_seqlens_q", cu_seqlens_q, torch.int32, 1)
+    lens = index_array(op, "seq_lens", seq_lens, torch.int32, 1)
+    tables = index_array(op, "block_tables", block_tables, torch.int32, 2)
+    batch = lens.shape[0]
+    if cu.shape[0] != batch + 1 or tables.shape[0] != batch:
+        _check(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, sliding_window)
+    bad = _check_batch(cu, lens, tables, q.shape[0], k_cache.shape[1])
+    if bad >= 0:
+        raise KernelError(
+            f"{op}: sequence {bad} has query rows [{cu[bad]}, {cu[bad + 1]}) of {q.shape[0]}, context {lens[bad]} and "
+            f"a block table of {tables.shape[1]} blocks of {k_cache.shape[1]}: inconsistent"
+        )
+    out = torch.empty_like(q)
+    q_lens = np.diff(cu)
+    skip = q_lens >= (TORCH_PREFILL_MIN_Q if torch_prefill_min_q is None else torch_prefill_min_q)
+    status = _attention_kernel(
+        q.numpy(),
+        k_cache.numpy(),
+        v_cache.numpy(),
+        cu,
+        lens,
+        tables,
+        float(scale),
+        int(sliding_window or 0),
+        skip,
+        out.numpy(),
+    )
+    if status != _OK:
+        raise KernelError(f"{op}: a block-table entry inside a visible key range is outside the cache")
+    if skip.any():
+        _torch_prefill(q, k_cache, v_cache, cu, lens, tables, skip, scale, sliding_window, out)
+    return out
+
+
+def _torch_prefill(q, k_cache, v_cache, cu, lens, tables, which, scale, sliding_window, out) -> None:
+    """Long prefills through ``torch_ops.paged_attention`` (SDPA), one sub-batch."""
+    seqs = np.flatnonzero(which)
+    rows = np.concatenate([np.arange(cu[b], cu[b + 1]) for b in seqs])
+    sub_cu = np.zeros(len(seqs) + 1, np.int32)
+    np.cumsum(cu[seqs + 1] - cu[seqs], out=sub_cu[1:])
+    rows_t = torch.from_numpy(rows)
+    out[rows_t] = torch_ops.paged_attention(
+        q[rows_t],
+        k_cache,
+        v_cache,
+        torch.from_numpy(sub_cu),
+        torch.from_numpy(lens[seqs]),
+        torch.from_numpy(np.ascontiguousarray(tables[seqs])),
+        scale,
+        sliding_window,
+    )

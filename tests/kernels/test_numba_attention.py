@@ -1,0 +1,212 @@
+"""Numba paged attention against the torch op and a float64 loop over each sequence's logical keys.
+
+Caches are built with shuffled block tables; every slot that holds no key —
+the tail of a sequence's last block, unused blocks, and sliding-window blocks
+released from the table (entry -1) — holds NaN, so a kernel that reads one shows.
+"""
+
+import math
+
+import numba
+import pytest
+import torch
+
+from rusteeze.errors import KernelError
+from rusteeze.kernels import numba_attention, torch_ops
+from rusteeze.kernels.numba_attention import paged_attention
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def reference(q, keys, values, specs, scale, window) -> torch.Tensor:
+    """float64, one query row and head at a time, over the sequence's keys in logical order."""
+    hq, hk = q.shape[1], keys[0].shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    row = 0
+    for (ctx, q_len), k_seq, v_seq in zip(specs, keys, values, strict=True):
+        for i in range(q_len):
+            pos = ctx - q_len + i
+            lo = max(0, pos - window + 1) if window else 0
+            for h in range(hq):
+                k = k_seq[lo : pos + 1, h // (hq // hk)].double()
+                v = v_seq[lo : pos + 1, h // (hq // hk)].double()
+                w = torch.softmax(k @ q[row, h].double() * scale, dim=0)
+                out[row, h] = w @ v
+            row += 1
+    return out
+
+
+def make_batch(specs, block_size, hq, hk, dim, seed=0, window=None, release=False, pad=-1):
+    """Random K/V per sequence in shuffled cache blocks; unused slots are NaN.
+
+    With ``release``, every key before the window of the sequence's first query
+    is poisoned and the blocks wholly before it leave the table (-1), as the
+    block manager frees them.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    need = [math.ceil(ctx / block_size) for ctx, _ in specs]
+    num_blocks = sum(need) + 3
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    k_cache = torch.full((num_blocks, block_size, hk, dim), float("nan"))
+    v_cache = torch.full_like(k_cache, float("nan"))
+    tables = torch.full((len(specs), max(need) + 2), pad, dtype=torch.int32)
+    keys, values = [], []
+    for b, (ctx, q_len) in enumerate(specs):
+        blocks, order = order[: need[b]], order[need[b] :]
+        tables[b, : need[b]] = torch.tensor(blocks, dtype=torch.int32)
+        k_seq = torch.randn(ctx, hk, dim, generator=gen)
+        v_seq = torch.randn(ctx, hk, dim, generator=gen)
+        for j in range(ctx):
+            k_cache[blocks[j // block_size], j % block_size] = k_seq[j]
+            v_cache[blocks[j // block_size], j % block_size] = v_seq[j]
+        if release and window:  # no query of this step sees keys before its first query's window
+            first_visible = max(0, ctx - q_len - window + 1)
+            for j in range(first_visible):
+                k_cache[blocks[j // block_size], j % block_size] = float("nan")
+                v_cache[blocks[j // block_size], j % block_size] = float("nan")
+            tables[b, : first_visible // block_size] = -1
+        keys.append(k_seq)
+        values.append(v_seq)
+    total = sum(q_len for _, q_len in specs)
+    q = torch.randn(total, hq, dim, generator=gen)
+    cu = torch.tensor([0] + [q_len for _, q_len in specs]).cumsum(0).to(torch.int32)
+    seq_lens = torch.tensor([ctx for ctx, _ in specs], dtype=torch.int32)
+    return q, k_cache, v_cache, cu, seq_lens, tables, keys, values
+
+
+CASES = {
+    # name: (specs [(context, query tokens)], block_size, Hq, Hk, D, window, release)
+    "decode-mha-d64": ([(1, 1), (7, 1), (16, 1), (33, 1), (130, 1)], 16, 4, 4, 64, None, False),
+    "decode-gqa3-d48": ([(5, 1), (64, 1), (65, 1), (200, 1)], 8, 9, 3, 48, None, False),
+    "decode-gqa4-d64-block1": ([(3, 1), (40, 1)], 1, 8, 2, 64, None, False),
+    "prefill-varlen-gqa3": ([(5, 5), (70, 70), (1, 1)], 16, 6, 2, 48, None, False),
+    "chunked-prefill-prior-context-gqa4": ([(150, 37), (80, 80), (129, 64)], 16, 4, 1, 64, None, False),
+    "mixed-decode-prefill-gqa3": ([(90, 1), (40, 40), (12, 0), (77, 1), (100, 19)], 4, 9, 3, 64, None, False),
+    "sliding-window-released-decode": ([(200, 1), (37, 1), (64, 1)], 16, 9, 3, 64, 50, True),
+    "sliding-window-released-chunks": ([(230, 30), (90, 1), (45, 45)], 8, 4, 4, 48, 33, True),
+    "sliding-window-wider-than-context": ([(20, 20), (30, 1)], 16, 3, 1, 64, 1000, True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_float64_reference_and_torch_op(case):
+    specs, block_size, hq, hk, dim, window, release = CASES[case]
+    q, k_cache, v_cache, cu, seq_lens, tables, keys, values = make_batch(
+        specs, block_size, hq, hk, dim, seed=len(case), window=window, release=release
+    )
+    scale = dim**-0.5
+    out = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, scale, window)
+    assert torch.isfinite(out).all()
+    expected = reference(q, keys, values, specs, scale, window)
+    torch.testing.assert_close(out.double(), expected, **TOL)
+    torch_out = torch_ops.paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, scale, window)
+    torch.testing.assert_close(out, torch_out, **TOL)
+
+
+def test_long_prefill_through_torch_matches_numba():
+    """Sequences routed to SDPA (torch_prefill_min_q) and the Numba path agree; decode rows are untouched."""
+    specs = [(100, 100), (60, 1), (150, 50)]
+    q, k_cache, v_cache, cu, seq_lens, tables, _keys, _values = make_batch(specs, 16, 9, 3, 64, seed=3, pad=0)
+    numba_out = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=1 << 40)
+    routed = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=50)
+    torch.testing.assert_close(routed, numba_out, **TOL)
+    assert torch.equal(routed[100], numba_out[100])  # the decode row never left the Numba kernel
+
+
+def test_rows_do_not_depend_on_the_batch_or_threads():
+    """Batch invariance: a sequence's rows are bit-identical alone, in a batch, and on 1 or 2 threads."""
+    specs = [(70, 1), (150, 33), (300, 1), (41, 41)]
+    q, k_cache, v_cache, cu, seq_lens, tables, *_ = make_batch(specs, 16, 9, 3, 64, seed=5)
+    batched = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single_thread = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125)
+    finally:
+        numba.set_num_threads(threads)
+    assert torch.equal(batched, single_thread)
+    for b in range(len(specs)):
+        rows = slice(int(cu[b]), int(cu[b + 1]))
+        alone = paged_attention(
+            q[rows],
+            k_cache,
+            v_cache,
+            torch.tensor([0, rows.stop - rows.start], dtype=torch.int32),
+            seq_lens[b : b + 1],
+            tables[b : b + 1],
+            0.125,
+        )
+        assert torch.equal(alone, batched[rows]), b
+
+
+def test_decode_step_equals_the_prefill_row_of_the_same_position():
+    """The last row of a prefill and a decode of that token compute the same thing, bit for bit."""
+    specs = [(90, 90)]
+    q, k_cache, v_cache, cu, seq_lens, tables, *_ = make_batch(specs, 16, 8, 2, 64, seed=6)
+    prefill = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125)
+    decode = paged_attention(q[-1:], k_cache, v_cache, torch.tensor([0, 1], dtype=torch.int32), seq_lens, tables, 0.125)
+    assert torch.equal(decode[0], prefill[-1])
+
+
+def test_strided_q_int64_indices_and_fallback_dtype():
+    specs = [(20, 4), (9, 1)]
+    q, k_cache, v_cache, cu, seq_lens, tables, keys, values = make_batch(specs, 4, 4, 2, 16, seed=7)
+    wide = torch.cat((q, torch.zeros_like(q)), dim=-1)[..., :16]  # a non-contiguous view
+    expected = reference(q, keys, values, specs, 0.25, None)
+    out = paged_attention(wide, k_cache, v_cache, cu.long(), seq_lens.long(), tables.long(), 0.25)
+    torch.testing.assert_close(out.double(), expected, **TOL)
+    half = paged_attention(q.half(), k_cache.half(), v_cache.half(), cu, seq_lens, tables, 0.25)  # torch fallback
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), expected, atol=2e-2, rtol=1e-2)
+
+
+def _valid_args():
+    return {
+        "q": torch.zeros(3, 4, 16),
+        "k_cache": torch.zeros(5, 4, 2, 16),
+        "v_cache": torch.zeros(5, 4, 2, 16),
+        "cu_seqlens_q": torch.tensor([0, 2, 3], dtype=torch.int32),
+        "seq_lens": torch.tensor([2, 5], dtype=torch.int32),
+        "block_tables": torch.zeros(2, 3, dtype=torch.int32),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "window", "match"),
+    [
+        ({"q": torch.zeros(3, 3, 16)}, None, "multiple of KV heads"),
+        ({"q": torch.zeros(3, 4, 8)}, None, "k_cache has shape"),
+        ({"q": torch.zeros(3, 4, 16, dtype=torch.int32)}, None, "q has dtype"),
+        ({"v_cache": torch.zeros(5, 4, 1, 16)}, None, "v_cache has shape"),
+        ({"cu_seqlens_q": torch.tensor([0, 3], dtype=torch.int32)}, None, "cu_seqlens_q has shape"),
+        ({"seq_lens": torch.tensor([2.0, 5.0])}, None, "seq_lens has dtype"),
+        ({"block_tables": torch.zeros(3, 3, dtype=torch.int32)}, None, "block_tables has shape"),
+        ({"block_tables": torch.zeros(2, 3)}, None, "block_tables has dtype"),
+        ({"cu_seqlens_q": torch.tensor([0, 3, 3], dtype=torch.int32)}, None, "sequence 0 .* inconsistent"),
+        ({"seq_lens": torch.tensor([2, 13], dtype=torch.int32)}, None, "sequence 1 .* inconsistent"),
+        ({"block_tables": torch.tensor([[0, 0, 0], [1, 9, 0]], dtype=torch.int32)}, None, "outside the cache"),
+        ({"block_tables": torch.tensor([[-1, 0, 0], [1, 2, 0]], dtype=torch.int32)}, None, "outside the cache"),
+        ({}, 0, "sliding_window"),
+    ],
+)
+def test_rejects_bad_arguments(change, window, match):
+    args = _valid_args()
+    args.update(change)
+    with pytest.raises(KernelError, match=match):
+        paged_attention(*args.values(), 0.25, window)
+
+
+def test_rejects_cuda_tensors_and_runs_valid_args():
+    assert paged_attention(*_valid_args().values(), 0.25).shape == (3, 4, 16)
+    if torch.cuda.is_available():
+        args = {n: t.cuda() for n, t in _valid_args().items()}
+        with pytest.raises(KernelError, match="CPU tensors"):
+            paged_attention(*args.values(), 0.25)
+
+
+def test_compiles_one_signature():
+    """Index dtypes and layouts are normalized in the wrapper: one compiled kernel serves every call."""
+    args = _valid_args()
+    paged_attention(*args.values(), 0.25)
+    paged_attention(*(t.long() if not t.is_floating_point() else t for t in args.values()), 0.25, 3)
+    assert len(numba_attention._attention_kernel.signatures) == 1
