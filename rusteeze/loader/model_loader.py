@@ -114,7 +114,8 @@ def load_model_from_path(
         if gguf_direct:
             from rusteeze.quant.gguf_direct import gguf_plan, iter_gguf_quantized
 
-            plan = gguf_plan(reader)
+            # Group-32 int8 (exact Q8_0) where the CPU kernels will run; the Triton kernel takes one scale per row.
+            plan = gguf_plan(reader, 32 if dev.type == "cpu" and kernel_backend != "triton" else None)
             weights = iter_gguf_quantized(reader, cfg, path, plan)
     elif path.is_dir() and (path / "config.json").exists():
         cfg = model_config_from_hf(read_json(path / "config.json"), str(path / "config.json"))

@@ -2,7 +2,8 @@
 
 :func:`gguf_plan` decides, per module, from the tensor types: a module whose
 tensors (all shards of fused q/k/v and gate/up) are Q4_0/Q4_1 becomes int4
-group-32, all-Q8_0 becomes int8, anything else (F16, K-quants, a mix) stays
+group-32, all-Q8_0 becomes int8 (group-32 and exact where the layer runs on
+the CPU kernels, which take group scales; per channel otherwise), anything else (F16, K-quants, a mix) stays
 float and is dequantized as before. :func:`iter_gguf_quantized` then yields the
 quantized modules' tensors under their checkpoint names (``.qweight``,
 ``.scales``, ``.mins`` / ``.weight``, ``.weight_scale``), repacked with integer
@@ -21,15 +22,21 @@ from rusteeze.loader.gguf_loader import SUPPORTED_TYPES, hf_tensor_name, iter_gg
 from rusteeze.models.config import ModelConfig
 from rusteeze.models.weights import module_name
 from rusteeze.quant.config import LayerQuant
-from rusteeze.quant.tensors import q4_0_to_int4, q4_1_to_int4, q8_0_to_int8
+from rusteeze.quant.tensors import q4_0_to_int4, q4_1_to_int4, q8_0_to_int8, q8_0_to_int8_groups
 
 QT = GGMLQuantizationType
 _INT4 = {QT.Q4_0: q4_0_to_int4, QT.Q4_1: q4_1_to_int4}
 _PERMUTED = ("llama", "mistral")
 
 
-def gguf_plan(reader: GGUFFile) -> dict[str, LayerQuant]:
-    """Module name → LayerQuant for the modules whose GGUF weights load without dequantizing."""
+def gguf_plan(reader: GGUFFile, int8_group_size: int | None = 32) -> dict[str, LayerQuant]:
+    """Module name → LayerQuant for the modules whose GGUF weights load without dequantizing.
+
+    Args:
+        reader: the GGUF file.
+        int8_group_size: 32 keeps Q8_0's block scales exactly (the CPU kernels);
+            None re-expresses them per output channel (what the Triton int8 kernel takes).
+    """
     types: dict[str, set[QT]] = {}
     for t in reader.tensors:
         name = hf_tensor_name(t.name)
@@ -41,7 +48,7 @@ def gguf_plan(reader: GGUFFile) -> dict[str, LayerQuant]:
         if kinds <= set(_INT4) and module != "embed_tokens":
             plan[module] = LayerQuant("int4", 32)
         elif kinds == {QT.Q8_0}:
-            plan[module] = LayerQuant("int8")
+            plan[module] = LayerQuant("int8", int8_group_size)
     return plan
 
 
@@ -67,7 +74,10 @@ def iter_gguf_quantized(
         rows = int(t.shape[-1])  # GGUF lists the fastest dimension first
         try:
             if t.tensor_type == QT.Q8_0:
-                q, scale = q8_0_to_int8(t.data.reshape(rows, -1))
+                to_int8 = (
+                    q8_0_to_int8 if plan[module_name(base + ".weight")].group_size is None else q8_0_to_int8_groups
+                )
+                q, scale = to_int8(t.data.reshape(rows, -1))
                 parts = {"weight": q, "weight_scale": scale}
             else:
                 packed, scales, mins = _INT4[t.tensor_type](t.data.reshape(rows, -1))

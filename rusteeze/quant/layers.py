@@ -2,11 +2,14 @@
 
 The modules hold the checkpoint's tensors as buffers (so ``load_weights`` fills
 them by name, fused q/k/v and gate/up shards included) and run through
-``rusteeze.kernels`` (Triton on CUDA). :func:`prepare_quantized` then moves CPU
-layers onto torch's packed kernels (see ``cpu_matmul``), once, after loading.
+``rusteeze.kernels`` (Triton on CUDA, the torch reference elsewhere).
+:func:`prepare_quantized` then moves CPU layers onto the Numba kernels (see
+``cpu_matmul``), once, after loading: their weights are repacked into tiles and
+the checkpoint-layout buffers are dropped.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rusteeze.kernels import Ops
@@ -15,10 +18,11 @@ from rusteeze.quant.config import LayerQuant
 
 
 class QuantLinear(nn.Module):
-    """``y = x @ W.T (+ bias)`` with W stored int8 per channel or int4 per group.
+    """``y = x @ W.T (+ bias)`` with W stored int8 (per channel or per group) or int4 per group.
 
-    Buffers: int8 → ``weight`` [N, K] int8, ``weight_scale`` [N];
-    int4 → ``qweight`` [N, K/2] uint8, ``scales`` [N, K/G], ``mins`` [N, K/G].
+    Buffers: int8 → ``weight`` [N, K] int8, ``weight_scale`` [N] (per channel)
+    or [N, K/G] (per group, e.g. GGUF Q8_0); int4 → ``qweight`` [N, K/2] uint8,
+    ``scales`` [N, K/G], ``mins`` [N, K/G].
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, quant: LayerQuant, ops: Ops) -> None:
@@ -29,68 +33,67 @@ class QuantLinear(nn.Module):
         n, k = out_features, in_features
         if self.method == "int8":
             self.register_buffer("weight", torch.empty(n, k, dtype=torch.int8))
-            self.register_buffer("weight_scale", torch.empty(n))
+            shape = (n,) if self.group_size is None else (n, k // self.group_size)
+            self.register_buffer("weight_scale", torch.empty(shape))
         else:
             g = k // self.group_size
             self.register_buffer("qweight", torch.empty(n, k // 2, dtype=torch.uint8))
             self.register_buffer("scales", torch.empty(n, g))
             self.register_buffer("mins", torch.empty(n, g))
         self.bias = nn.Parameter(torch.empty(n)) if bias else None
-        self.cpu_kernel = False  # set by prepare_cpu()
-        self.kernel_scale = torch.empty(0)  # int8 scales in the CPU kernel's dtype, after prepare_cpu()
+        self.tiled: cpu_matmul.TiledInt4 | cpu_matmul.TiledInt8 | None = None  # set by prepare_cpu()
 
     def prepare_cpu(self) -> None:
-        """Convert the buffers in place to the CPU kernel layout (idempotent; kept when unsupported)."""
-        if self.cpu_kernel:
+        """Repack the weight into the Numba kernels' tiles and drop the checkpoint buffers (idempotent)."""
+        if self.tiled is not None:
             return
+        empty = torch.empty(0)
         if self.method == "int8":
-            self.kernel_scale = self.weight_scale.to(cpu_matmul.KERNEL_DTYPE)  # [N]; weight_scale stays exact
-        elif cpu_matmul.int4_supported(self.out_features, self.in_features, self.group_size):
-            self.qweight, self.scales = cpu_matmul.prepare_int4(self.qweight, self.scales, self.mins)
-            self.mins = torch.empty(0)
+            self.tiled = cpu_matmul.TiledInt8.from_int8(self.weight, self.weight_scale)
+            self.weight, self.weight_scale = empty.to(torch.int8), empty
         else:
-            return
-        self.cpu_kernel = True
+            self.tiled = cpu_matmul.TiledInt4.from_packed(self.qweight, self.scales, self.mins)
+            self.qweight, self.scales, self.mins = empty.to(torch.uint8), empty, empty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, K] → [T, N]."""
-        if self.method == "int8":
-            mm = cpu_matmul.int8_matmul if self.cpu_kernel else self.ops.int8_matmul
-            out = mm(x, self.weight, self.kernel_scale if self.cpu_kernel else self.weight_scale)
-        elif self.cpu_kernel:
-            out = cpu_matmul.int4_matmul(x, self.qweight, self.scales, self.group_size)
-        else:
+        if self.tiled is not None:
+            out = self.tiled.matmul(x).to(x.dtype)
+        elif self.method == "int4":
             out = self.ops.int4_matmul(x, self.qweight, self.scales, self.mins, self.group_size)
+        elif self.weight_scale.dim() == 1:
+            out = self.ops.int8_matmul(x, self.weight, self.weight_scale)
+        else:
+            out = F.linear(x, self.dequantized().to(x.dtype))
         return out if self.bias is None else out + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 [N, K] weight of an int8 layer in checkpoint layout (before prepare_cpu)."""
+        n, k = self.weight.shape
+        scale = self.weight_scale.float().reshape(n, -1, 1)  # [N, K/G or 1, 1]
+        return (self.weight.float().reshape(n, scale.shape[1], -1) * scale).reshape(n, k)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, {self.method}, group_size={self.group_size}"
 
 
 class QuantEmbedding(QuantLinear):
-    """An int8 per-row embedding; with tied weights it is also the lm_head (rows = output channels)."""
+    """An int8 embedding (per row or per group); with tied weights it is also the lm_head."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, ops: Ops) -> None:
-        super().__init__(embedding_dim, num_embeddings, False, LayerQuant("int8"), ops)
+    def __init__(self, num_embeddings: int, embedding_dim: int, ops: Ops, group_size: int | None = None) -> None:
+        super().__init__(embedding_dim, num_embeddings, False, LayerQuant("int8", group_size), ops)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: [T] → [T, H] float32 rows."""
-        return self.weight[ids].float() * self.weight_scale[ids].float()[:, None]
+        if self.tiled is not None:
+            return self.tiled.rows(ids)
+        rows = self.weight[ids].float()  # [T, H]
+        scale = self.weight_scale[ids].float().reshape(len(ids), -1, 1)  # [T, H/G or 1, 1]
+        return (rows.reshape(len(ids), scale.shape[1], -1) * scale).reshape(rows.shape)
 
-    def logits(self, hidden: torch.Tensor, refine: int = 8) -> torch.Tensor:
-        """hidden: [T, H] → [T, V] float32, the tied lm_head.
-
-        The CPU kernel returns bf16 (about 3 significant digits), enough to tie
-        or swap the top candidates; their ``refine`` largest logits are
-        recomputed exactly in float32 so greedy choices match the exact path.
-        """
-        out = super().forward(hidden.float()).float()  # [T, V]
-        if not self.cpu_kernel or refine <= 0:
-            return out
-        top = out.topk(min(refine, out.shape[-1]), dim=-1).indices  # [T, k]
-        rows = self.weight[top].float() * self.weight_scale[top].float()[..., None]  # [T, k, H]
-        exact = torch.einsum("tkh,th->tk", rows, hidden.float())
-        return out.scatter_(-1, top, exact)
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [T, H] → [T, V] float32, the tied lm_head."""
+        return super().forward(hidden.float()).float()
 
 
 def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
@@ -100,15 +103,18 @@ def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, child)
         if isinstance(old, nn.Embedding):
-            new: nn.Module = QuantEmbedding(old.num_embeddings, old.embedding_dim, model.ops)
+            new: nn.Module = QuantEmbedding(old.num_embeddings, old.embedding_dim, model.ops, quant.group_size)
         else:
             new = QuantLinear(old.in_features, old.out_features, old.bias is not None, quant, model.ops)
         setattr(parent, child, new)
 
 
 def prepare_quantized(model: nn.Module, kernel_backend: str) -> None:
-    """After loading: move CPU quantized layers onto torch's packed kernels (backends "auto"/"torch")."""
-    if kernel_backend not in ("auto", "torch"):
+    """After loading: move CPU quantized layers onto the Numba kernels (backends "auto" and "numba").
+
+    The "torch" backend keeps the checkpoint layout and the torch reference ops.
+    """
+    if kernel_backend not in ("auto", "numba"):
         return
     for module in model.modules():
         if isinstance(module, QuantLinear) and next(module.buffers()).device.type == "cpu":

@@ -125,6 +125,12 @@ def q4_0_to_int4(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return _repack_nibbles(b[..., 2:]), d, (d.float() * -8.0)
 
 
+def q8_0_to_int8_groups(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_0 rows (34-byte blocks: f16 d, 32 int8 q) → int8 group-32 (q [N, K], scales [N, K/32] float32), exact."""
+    b = _gguf_blocks(raw, GGMLQuantizationType.Q8_0)
+    return b[..., 2:].contiguous().view(torch.int8).flatten(1), _f16(b, 0).float()
+
+
 def q8_0_to_int8(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Q8_0 rows (34-byte blocks: f16 d, 32 int8 q) → int8 per output channel (q [N, K], scale [N]).
 

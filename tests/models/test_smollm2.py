@@ -51,3 +51,29 @@ def test_greedy_chat_answers_match_transformers(smollm2, hf_smollm2, hf_smollm2_
         assert got[: len(expected)] == expected
     answer = smollm2.tokenizer.decode(ours[0])
     assert "Paris" in answer
+
+
+PARITY_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Explain what a CPU does in one sentence.",
+]
+
+
+def test_default_gguf_direct_path_in_float32_matches_transformers(smollm2_gguf_path, hf_smollm2, hf_smollm2_tokenizer):
+    """The default path (GGUF weights kept quantized, CPU kernels) with dtype="float32" is float32 math."""
+    from rusteeze import LLM, SamplingParams
+
+    llm = LLM(smollm2_gguf_path, dtype="float32", kv_cache_memory="64MiB")
+    params = SamplingParams(temperature=0, max_tokens=32)
+    outputs = [llm.chat([{"role": "user", "content": p}], params)[0] for p in PARITY_PROMPTS]
+    eos = hf_smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for out in outputs:
+        ids = torch.tensor([out.prompt_token_ids])
+        with torch.no_grad():
+            ref = hf_smollm2.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False, eos_token_id=eos
+            )
+        expected = [t for t in ref[0, ids.shape[1] :].tolist() if t != eos]
+        assert out.outputs[0].token_ids[: len(expected)] == expected, out.outputs[0].text

@@ -1,39 +1,72 @@
-"""torch's packed CPU kernels as the quantized layers use them, against the plain int4 math."""
+"""The CPU quantized matmul (Numba tiles) against int4 / int8 math written out here."""
 
 import pytest
 import torch
 
 from rusteeze.quant import cpu_matmul
-from rusteeze.quant.tensors import dequantize_int4, quantize_int4
-
-pytestmark = pytest.mark.skipif(
-    not cpu_matmul.int4_supported(64, 128, 32), reason="this torch has no packed int4 CPU kernel"
-)
 
 
-@pytest.mark.parametrize(("n", "k", "group"), [(64, 128, 32), (96, 192, 64)])
-def test_int4pack_unpacks_to_the_quantized_weight(n, k, group):
-    torch.manual_seed(0)
-    packed, scales, mins = quantize_int4(torch.randn(n, k), group)
-    weight, scales_zeros = cpu_matmul.prepare_int4(packed, scales, mins)
-    expected = dequantize_int4(packed, scales, mins, group)
-    # scales and zeros are stored in bf16 by the kernel's layout: ~3 significant digits.
-    torch.testing.assert_close(cpu_matmul.dequantize_int4pack(weight, scales_zeros, group), expected, rtol=0, atol=0.03)
+def int4_reference(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """packed [N, K/2] (low nibble = even column), scales/mins [N, K/G] → W [N, K] float64, loop-free but plain."""
+    n = packed.shape[0]
+    q = torch.empty(n, packed.shape[1] * 2, dtype=torch.float64)
+    q[:, 0::2] = (packed & 0x0F).double()
+    q[:, 1::2] = (packed >> 4).double()
+    group = q.shape[1] // scales.shape[1]
+    return q * scales.double().repeat_interleave(group, 1) + mins.double().repeat_interleave(group, 1)
 
 
-@pytest.mark.parametrize("tokens", [1, cpu_matmul.DEQUANT_MIN_TOKENS - 1, cpu_matmul.DEQUANT_MIN_TOKENS])
-def test_int4_matmul_matches_float_math_on_both_paths(tokens):
-    torch.manual_seed(0)
-    n, k, group = 64, 128, 32
-    packed, scales, mins = quantize_int4(torch.randn(n, k), group)
-    weight, scales_zeros = cpu_matmul.prepare_int4(packed, scales, mins)
+def random_int4(n: int, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    return packed, torch.rand(n, k // group) * 0.1, torch.randn(n, k // group) * 0.1
+
+
+TOKENS = [1, 3, cpu_matmul.NUMBA_MAX_TOKENS, cpu_matmul.NUMBA_MAX_TOKENS + 1, 300]
+
+
+@pytest.mark.parametrize(("n", "k", "group"), [(64, 128, 32), (100, 96, 32), (200, 256, 64), (72, 256, 128)])
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_int4_matmul_matches_written_out_math(n, k, group, tokens):
+    torch.manual_seed(n + k + tokens)
+    packed, scales, mins = random_int4(n, k, group)
+    tiled = cpu_matmul.TiledInt4.from_packed(packed, scales, mins)
     x = torch.randn(tokens, k)
-    out = cpu_matmul.int4_matmul(x, weight, scales_zeros, group)
+    out = tiled.matmul(x)
     assert out.shape == (tokens, n) and out.dtype == torch.float32
-    held = x @ cpu_matmul.dequantize_int4pack(weight, scales_zeros, group).T  # the kernel's own weight
-    if tokens >= cpu_matmul.DEQUANT_MIN_TOKENS:  # float32 path: exact up to summation order
-        torch.testing.assert_close(out, held, rtol=1e-5, atol=1e-4)
-    else:  # bf16 activations: ~3 significant digits
-        torch.testing.assert_close(out, held, rtol=0.02, atol=0.1)
-    # and both stay close to the unrounded int4 weights (bf16 scales and zeros)
-    torch.testing.assert_close(out, x @ dequantize_int4(packed, scales, mins, group).T, rtol=0.05, atol=0.3)
+    expected = (x.double() @ int4_reference(packed, scales, mins).T).float()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)  # float32 math, not bf16
+
+
+@pytest.mark.parametrize(("n", "k", "group"), [(64, 96, None), (130, 64, None), (96, 128, 32), (50, 64, 32)])
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_int8_matmul_matches_written_out_math(n, k, group, tokens):
+    torch.manual_seed(n + k + tokens)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scales = torch.rand(n) * 0.01 if group is None else torch.rand(n, k // group) * 0.01
+    tiled = cpu_matmul.TiledInt8.from_int8(q, scales)
+    x = torch.randn(tokens, k)
+    per_column = scales.double()[:, None] if group is None else scales.double().repeat_interleave(group, 1)
+    expected = (x.double() @ (q.double() * per_column).T).float()
+    torch.testing.assert_close(tiled.matmul(x), expected, rtol=1e-4, atol=1e-4)
+    ids = torch.tensor([0, n - 1, n // 2, 0])
+    torch.testing.assert_close(tiled.rows(ids), (q.double() * per_column)[ids].float(), rtol=1e-6, atol=1e-7)
+
+
+def test_small_batches_are_batch_invariant():
+    """A row's output is bit-identical whatever the other rows of a kernel-sized batch are."""
+    torch.manual_seed(0)
+    tiled = cpu_matmul.TiledInt4.from_packed(*random_int4(192, 576, 32))
+    x = torch.randn(cpu_matmul.NUMBA_MAX_TOKENS, 576)
+    batched = tiled.matmul(x)
+    for m in range(x.shape[0]):
+        assert torch.equal(tiled.matmul(x[m : m + 1]), batched[m : m + 1])
+
+
+def test_layout_does_not_depend_on_torch_packing():
+    """The tiles are plain reshapes of the checkpoint bytes: byte [t, j, r] is row tR + r, byte j."""
+    torch.manual_seed(1)
+    packed, scales, mins = random_int4(128, 64, 32)
+    tiled = cpu_matmul.TiledInt4.from_packed(packed, scales, mins)
+    assert tiled.weight.shape == (2, 32, 64)
+    assert int(tiled.weight[1, 5, 7]) == int(packed[64 + 7, 5])
+    assert float(tiled.scales[0, 1, 3]) == float(scales[3, 1])

@@ -29,7 +29,7 @@ def float_model(smollm2_gguf_path):
 
 @pytest.fixture(scope="module")
 def direct_model(smollm2_gguf_path):
-    return load_model_from_path(smollm2_gguf_path, kernel_backend="torch")
+    return load_model_from_path(smollm2_gguf_path)  # the default path: CPU kernels on the kept GGUF blocks
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,187 @@
+"""Numba CPU kernels for weight-only quantized matmul, reading our own row-tiled layout.
+
+Weights are repacked once, at load, from the checkpoint layout (``packed [N, K/2]``
+int4 or ``q [N, K]`` int8, group scales ``[N, K/G]``) into tiles of ``TILE``
+output rows stored side by side for every K position:
+
+* int4: ``w [N/R, K/2, R]`` uint8, byte ``[t, j, r]`` holds row ``tR + r`` of
+  column ``2j`` in its low nibble and column ``2j + 1`` in its high nibble;
+* int8: ``w [N/R, K, R]`` int8;
+* ``scales`` / ``mins`` ``[N/R, K/G, R]`` float32 (int8 has no mins).
+
+N is padded with zero rows up to a multiple of R. The innermost loop runs across
+the R rows of a tile, so it vectorizes with no horizontal reduction (R = 64:
+four AVX-512 or eight AVX2 accumulators), and each group's weights (R × G/2
+bytes) stay in L1 while every token of the batch reads them. The layout is ours
+and fixed: it does not depend on the CPU (torch's int4pack layout does).
+
+Math is float32 throughout: per group, ``scale · Σ q·x + min · Σ x`` (the
+asymmetric min folds out of the inner loop). Each output row is computed in the
+same order whatever the batch size or the other rows, so results are
+batch-invariant bit for bit. Traffic per call: the packed weight once
+(N·K/2 bytes int4, N·K int8) plus 8·N·K/G bytes of scales and mins.
+"""
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from rusteeze.errors import KernelError
+
+TILE = 64  # output rows per tile (R)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _int4_kernel(x, w, scales, mins, out):  # pragma: no cover - compiled
+    # x [M, K] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32, out [M, NT * R] f32
+    m_count = x.shape[0]
+    nt, _, r = w.shape
+    groups = scales.shape[1]
+    half = w.shape[1] // groups  # bytes per row per group: G / 2
+    for t in prange(nt):
+        acc = np.zeros((m_count, r), np.float32)
+        part = np.empty(r, np.float32)
+        for g in range(groups):
+            for m in range(m_count):
+                part[:] = np.float32(0)
+                xsum = np.float32(0)
+                for j in range(g * half, (g + 1) * half):
+                    x0 = x[m, 2 * j]
+                    x1 = x[m, 2 * j + 1]
+                    xsum += x0 + x1
+                    for i in range(r):
+                        b = w[t, j, i]
+                        part[i] += np.float32(b & 15) * x0 + np.float32(b >> 4) * x1
+                for i in range(r):
+                    acc[m, i] += part[i] * scales[t, g, i] + mins[t, g, i] * xsum
+        for m in range(m_count):
+            for i in range(r):
+                out[m, t * r + i] = acc[m, i]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _int8_kernel(x, w, scales, out):  # pragma: no cover - compiled
+    # x [M, K] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32, out [M, NT * R] f32
+    m_count = x.shape[0]
+    nt, k, r = w.shape
+    groups = scales.shape[1]
+    size = k // groups
+    for t in prange(nt):
+        acc = np.zeros((m_count, r), np.float32)
+        part = np.empty(r, np.float32)
+        for g in range(groups):
+            for m in range(m_count):
+                part[:] = np.float32(0)
+                for c in range(g * size, (g + 1) * size):
+                    xv = x[m, c]
+                    for i in range(r):
+                        part[i] += np.float32(w[t, c, i]) * xv
+                for i in range(r):
+                    acc[m, i] += part[i] * scales[t, g, i]
+        for m in range(m_count):
+            for i in range(r):
+                out[m, t * r + i] = acc[m, i]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _int4_dequant_kernel(w, scales, mins, out):  # pragma: no cover - compiled
+    # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out [K, NT * R] f32 (W transposed)
+    nt, half_k, r = w.shape
+    half = half_k // scales.shape[1]
+    for j in prange(half_k):
+        g = j // half
+        for t in range(nt):
+            for i in range(r):
+                b = w[t, j, i]
+                s, mn = scales[t, g, i], mins[t, g, i]
+                out[2 * j, t * r + i] = np.float32(b & 15) * s + mn
+                out[2 * j + 1, t * r + i] = np.float32(b >> 4) * s + mn
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _int8_dequant_kernel(w, scales, out):  # pragma: no cover - compiled
+    # w [NT, K, R] i8, scales [NT, K/G, R] f32 → out [K, NT * R] f32 (W transposed)
+    nt, k, r = w.shape
+    size = k // scales.shape[1]
+    for c in prange(k):
+        for t in range(nt):
+            for i in range(r):
+                out[c, t * r + i] = np.float32(w[t, c, i]) * scales[t, c // size, i]
+
+
+def _tiles(a: torch.Tensor, n: int) -> torch.Tensor:
+    """[N, C] → [ceil(N/R), C, R] contiguous, zero rows padding N to a multiple of R."""
+    pad = -n % TILE
+    if pad:
+        a = torch.cat((a, a.new_zeros(pad, a.shape[1])))
+    return a.view(-1, TILE, a.shape[1]).transpose(1, 2).contiguous()
+
+
+def repack_int4(
+    packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed [N, K/2] uint8, scales/mins [N, K/G]) → tiled (w [NT, K/2, R], scales, mins [NT, K/G, R] f32)."""
+    n = packed.shape[0]
+    return _tiles(packed, n), _tiles(scales.float(), n), _tiles(mins.float(), n)
+
+
+def repack_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q [N, K] int8, scales [N] or [N, K/G]) → tiled (w [NT, K, R] int8, scales [NT, K/G, R] f32)."""
+    n = q.shape[0]
+    return _tiles(q, n), _tiles(scales.float().reshape(n, -1), n)
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, k: int, n: int) -> np.ndarray:
+    if x.dim() != 2 or x.shape[1] != k:
+        raise KernelError(f"quantized matmul: x must be [T, {k}], got {tuple(x.shape)}")
+    if x.device.type != "cpu" or w.device.type != "cpu":
+        raise KernelError("the Numba quantized matmul runs on CPU tensors only")
+    if n > w.shape[0] * TILE:
+        raise KernelError(f"quantized matmul: {n} output rows exceed the {w.shape[0] * TILE} held by the weight")
+    return x.detach().float().contiguous().numpy()
+
+
+def int4_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int) -> torch.Tensor:
+    """x [T, K] → [T, N] float32: ``x @ W.T`` with W held by :func:`repack_int4`'s tiles.
+
+    Raises:
+        KernelError: wrong shapes or devices.
+    """
+    xs = _check(x, w, w.shape[1] * 2, n)
+    out = np.empty((xs.shape[0], w.shape[0] * TILE), np.float32)
+    _int4_kernel(xs, w.numpy(), scales.numpy(), mins.numpy(), out)
+    return torch.from_numpy(out)[:, :n]
+
+
+def int8_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    """x [T, K] → [T, N] float32: ``x @ W.T`` with W held by :func:`repack_int8`'s tiles.
+
+    Raises:
+        KernelError: wrong shapes or devices.
+    """
+    xs = _check(x, w, w.shape[1], n)
+    out = np.empty((xs.shape[0], w.shape[0] * TILE), np.float32)
+    _int8_kernel(xs, w.numpy(), scales.numpy(), out)
+    return torch.from_numpy(out)[:, :n]
+
+
+def dequantize_int4_t(w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int) -> torch.Tensor:
+    """The float32 weight held by :func:`repack_int4`'s tiles, transposed: [K, N] (a strided view)."""
+    out = np.empty((w.shape[1] * 2, w.shape[0] * TILE), np.float32)
+    _int4_dequant_kernel(w.numpy(), scales.numpy(), mins.numpy(), out)
+    return torch.from_numpy(out)[:, :n]
+
+
+def dequantize_int8_t(w: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    """The float32 weight held by :func:`repack_int8`'s tiles, transposed: [K, N] (a strided view)."""
+    out = np.empty((w.shape[1], w.shape[0] * TILE), np.float32)
+    _int8_dequant_kernel(w.numpy(), scales.numpy(), out)
+    return torch.from_numpy(out)[:, :n]
+
+
+def int8_rows(w: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` [T] of the float32 weight held by :func:`repack_int8`'s tiles → [T, K] (embedding lookup)."""
+    t, r = ids // TILE, ids % TILE
+    q = w[t, :, r].float()  # [T, K]
+    s = scales[t, :, r]  # [T, K/G]
+    return (q.view(len(ids), s.shape[1], -1) * s.unsqueeze(-1)).view(len(ids), -1)
