@@ -278,7 +278,7 @@ def quantize_model(
     if out.exists() and not force:
         raise QuantizationError(f"{out} already exists; pass --force to replace it")
     source = open_source(src_path)
-    quant = resolve_request(source, quant, on_warning or (lambda msg: warnings.warn(msg, stacklevel=3)))
+    quant = resolve_request(source, quant, on_warning or (lambda msg: warnings.warn(msg, stacklevel=4)))
     tally = Tally()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
