@@ -70,7 +70,7 @@ class Engine:
         caches = allocate_kv_caches(cfg, num_blocks, bs, loaded.dtype, loaded.device)
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching, cfg.sliding_window)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device)
+        self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device, self.block_manager)
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         # Unseeded requests sample from this engine's own generator: reproducible for a given
