@@ -21,7 +21,7 @@ def quantize(
         typer.Option(
             "--group-size",
             "-g",
-            help="int4 group size: 32, 64 or 128 [default: 32 for a Q4_0/Q4_1 GGUF (kept bit-exact), else 64].",
+            help="int4 group size: 32, 64 or 128. Default: 32 for a Q4_0/Q4_1 GGUF (kept bit-exact), else 64.",
             show_default=False,
         ),
     ] = None,
@@ -29,7 +29,7 @@ def quantize(
         bool | None,
         typer.Option(
             "--quantize-embeddings/--no-quantize-embeddings",
-            help="Also store the embedding and lm_head as int8 [default: on for a GGUF whose embedding is quantized].",
+            help="Also store the embedding and lm_head as int8. Default: on for a GGUF whose embedding is quantized.",
             show_default=False,
         ),
     ] = None,

@@ -26,7 +26,7 @@ import torch
 from gguf import GGMLQuantizationType
 from safetensors.torch import save_file
 
-from rusteeze.errors import QuantizationError
+from rusteeze.errors import ModelLoadError, QuantizationError
 from rusteeze.loader.gguf_loader import unpermute_qk
 from rusteeze.models.weights import module_name
 from rusteeze.quant.config import QuantConfig, plan_for
@@ -174,7 +174,7 @@ def quantized_tensors(
         base = name.removesuffix(".weight")
         source_type = t.gguf_type.name if t.gguf_type is not None else _dtype_name(t)
         if layer.method == "int8" and t.gguf_type == QT.Q8_0:
-            q, scale = q8_0_to_int8(t.blocks)
+            q, scale = _from_blocks(q8_0_to_int8, t, source.path)
             tally.add(name, REPACKED, source_type)
             yield name, _unpermute(q, t)
             yield f"{name}_scale", _unpermute(scale, t)
@@ -185,7 +185,7 @@ def quantized_tensors(
             yield f"{name}_scale", scale
         elif t.gguf_type in EXACT_INT4 and layer.group_size == EXACT_GROUP:
             tally.add(name, KEPT, source_type)
-            packed, scales, mins = EXACT_INT4[t.gguf_type](t.blocks)
+            packed, scales, mins = _from_blocks(EXACT_INT4[t.gguf_type], t, source.path)
             yield f"{base}.qweight", _unpermute(packed, t)
             yield f"{base}.scales", _unpermute(_exact_f16(scales, name), t)
             yield f"{base}.mins", _unpermute(_exact_f16(mins, name), t)
@@ -195,6 +195,14 @@ def quantized_tensors(
             yield f"{base}.qweight", packed
             yield f"{base}.scales", scales.to(torch.float16)
             yield f"{base}.mins", mins.to(torch.float16)
+
+
+def _from_blocks(convert: Callable, t: SourceTensor, path: Path) -> tuple[torch.Tensor, ...]:
+    """``convert(t.blocks)``, a ModelLoadError naming the tensor when its bytes do not fit its blocks."""
+    try:
+        return convert(t.blocks)
+    except (ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"{path}: tensor {t.name!r} data does not match its shape: {e}") from None
 
 
 def _float_how(t: SourceTensor) -> str:
