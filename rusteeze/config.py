@@ -79,7 +79,8 @@ class EngineConfig:
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
         kernel_backend: "auto" (Triton on CUDA, torch otherwise), "triton", "numba"
             (the Numba CPU kernels; quantized matmuls stay torch's) or "torch".
-        seed: seed of the global random generator (per-request seeds override).
+        seed: seed of the engine's random generator for requests without their own seed
+            (the process's global torch generator is not touched).
         gguf_direct: load a GGUF's Q8_0/Q4_0/Q4_1 tensors straight into the int8/int4
             quantized layers; False dequantizes every GGUF tensor to ``dtype`` (the
             float path). No effect on other models.
