@@ -7,7 +7,10 @@ A rusteeze-quantized HF directory carries, in ``config.json``::
 
 ``embeddings`` is ``"int8"`` when ``--quantize-embeddings`` was given (the token
 embedding and the lm_head are then int8 per row, whatever ``method`` is), else
-null (they are stored in float16).
+null (they are stored in float16). Format version 2 adds
+``"embeddings_group_size": 32``: the int8 embedding and lm_head have one scale
+per 32 columns (``weight_scale`` [N, K/32]), which holds a GGUF's Q8_0 blocks
+exactly; version 1 files (without it) are still written whenever it is absent.
 """
 
 from dataclasses import dataclass, replace
@@ -15,9 +18,10 @@ from typing import Any
 
 from rusteeze.errors import QuantizationError, UnsupportedModelError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this rusteeze reads; files without embeddings_group_size are written as 1
 METHODS = {"int8": 8, "int4": 4}
 GROUP_SIZES = (32, 64, 128)
+EMBEDDING_GROUP = 32  # int8 embedding groups: GGUF Q8_0's block
 QUANT_METHOD = "rusteeze"
 
 
@@ -44,11 +48,14 @@ class QuantConfig:
             (:meth:`resolved`); ignored (None) for int8.
         quantize_embeddings: also store the embedding and lm_head as int8 per row; None picks
             the source's default.
+        embedding_group_size: columns per int8 embedding / lm_head scale (32: GGUF Q8_0 kept
+            exactly); None for one scale per row.
     """
 
     method: str
     group_size: int | None = None
     quantize_embeddings: bool | None = None
+    embedding_group_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -58,14 +65,27 @@ class QuantConfig:
         elif self.group_size is not None and self.group_size not in GROUP_SIZES:
             sizes = ", ".join(map(str, GROUP_SIZES))
             raise QuantizationError(f"int4 group size must be one of {sizes}, got {self.group_size}")
+        if self.embedding_group_size not in (None, EMBEDDING_GROUP):
+            raise QuantizationError(
+                f"int8 embedding group size must be {EMBEDDING_GROUP} (or per row), got {self.embedding_group_size}"
+            )
 
-    def resolved(self, group_size: int, quantize_embeddings: bool) -> "QuantConfig":
+    def resolved(
+        self, group_size: int, quantize_embeddings: bool, embedding_group_size: int | None = None
+    ) -> "QuantConfig":
         """This request with the defaults it left open (None) filled in."""
+        embeddings = quantize_embeddings if self.quantize_embeddings is None else self.quantize_embeddings
         return replace(
             self,
             group_size=self.group_size or (group_size if self.method == "int4" else None),
-            quantize_embeddings=quantize_embeddings if self.quantize_embeddings is None else self.quantize_embeddings,
+            quantize_embeddings=embeddings,
+            embedding_group_size=(self.embedding_group_size or embedding_group_size) if embeddings else None,
         )
+
+    @property
+    def embeddings(self) -> LayerQuant:
+        """The format of the embedding and lm_head when they are quantized."""
+        return LayerQuant("int8", self.embedding_group_size)
 
     @property
     def linear(self) -> LayerQuant:
@@ -75,14 +95,17 @@ class QuantConfig:
     def to_json(self) -> dict[str, Any]:
         """The ``quantization_config`` block written into config.json (of a :meth:`resolved` request)."""
         assert self.method == "int8" or self.group_size is not None, "resolve the group size first"
-        return {
+        block = {
             "quant_method": QUANT_METHOD,
             "method": self.method,
             "bits": METHODS[self.method],
             "group_size": self.group_size,
-            "format_version": FORMAT_VERSION,
+            "format_version": 1,
             "embeddings": "int8" if self.quantize_embeddings else None,
         }
+        if self.quantize_embeddings and self.embedding_group_size is not None:
+            block.update(format_version=2, embeddings_group_size=self.embedding_group_size)
+        return block
 
     @classmethod
     def from_json(cls, raw: Any, source: str = "config.json") -> "QuantConfig":
@@ -96,14 +119,15 @@ class QuantConfig:
         if not isinstance(raw, dict) or raw.get("quant_method", QUANT_METHOD) != QUANT_METHOD or "method" not in raw:
             kind = raw.get("quant_method") if isinstance(raw, dict) else raw
             raise UnsupportedModelError(f"{source}: quantization {kind!r} is not supported (only rusteeze int8/int4)")
-        if raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format_version") not in range(1, FORMAT_VERSION + 1):
             raise UnsupportedModelError(
                 f"{source}: quantization format_version {raw.get('format_version')!r} is not supported "
-                f"(this rusteeze reads version {FORMAT_VERSION})"
+                f"(this rusteeze reads versions 1 to {FORMAT_VERSION})"
             )
         if raw["method"] == "int4" and raw.get("group_size") is None:
             raise QuantizationError(f"{source}: int4 quantization_config has no group_size")
-        return cls(raw["method"], raw.get("group_size"), raw.get("embeddings") == "int8")
+        embeddings = raw.get("embeddings") == "int8"
+        return cls(raw["method"], raw.get("group_size"), embeddings, raw.get("embeddings_group_size"))
 
 
 def linear_module_names(num_layers: int) -> list[str]:
@@ -116,7 +140,7 @@ def plan_for(cfg: QuantConfig, num_layers: int, tied: bool) -> dict[str, LayerQu
     """Module name → LayerQuant for a model quantized with ``cfg``."""
     plan = {name: cfg.linear for name in linear_module_names(num_layers)}
     if cfg.quantize_embeddings:
-        plan["embed_tokens"] = LayerQuant("int8")
+        plan["embed_tokens"] = cfg.embeddings
         if not tied:
-            plan["lm_head"] = LayerQuant("int8")
+            plan["lm_head"] = cfg.embeddings
     return plan

@@ -29,9 +29,16 @@ from safetensors.torch import save_file
 from rusteeze.errors import ModelLoadError, QuantizationError
 from rusteeze.loader.gguf_loader import unpermute_qk
 from rusteeze.models.weights import module_name
-from rusteeze.quant.config import QuantConfig, plan_for
+from rusteeze.quant.config import EMBEDDING_GROUP, QuantConfig, plan_for
 from rusteeze.quant.source import FLOAT_TYPES, Source, SourceTensor, open_source
-from rusteeze.quant.tensors import q4_0_to_int4, q4_1_to_int4, q8_0_to_int8, quantize_int4, quantize_int8
+from rusteeze.quant.tensors import (
+    q4_0_to_int4,
+    q4_1_to_int4,
+    q8_0_to_int8,
+    q8_0_to_int8_groups,
+    quantize_int4,
+    quantize_int8,
+)
 
 QT = GGMLQuantizationType
 EXACT_INT4 = {QT.Q4_0: q4_0_to_int4, QT.Q4_1: q4_1_to_int4}  # GGUF types that are int4 group 32 already
@@ -97,6 +104,8 @@ class QuantizeResult:
 
         target = self.quant.method + (f" group {self.quant.group_size}" if self.quant.group_size else "")
         embeddings = "int8" if self.quant.quantize_embeddings else "float16"
+        if self.quant.quantize_embeddings and self.quant.embedding_group_size:
+            embeddings += f" group {self.quant.embedding_group_size}"
         if self.quant.quantize_embeddings and self.tally.describe("embeddings"):
             embeddings += f" ({self.tally.describe('embeddings')})"
         ratio = self.output_bytes / max(self.source_bytes, 1)
@@ -119,12 +128,15 @@ def resolve_request(source: Source, quant: QuantConfig, on_warning: Callable[[st
 
     A GGUF whose projections hold Q4_0/Q4_1 blocks defaults to group 32 (kept
     bit-exact); a GGUF with a quantized token embedding defaults to an int8 one
-    (float16 would be larger than the source).
+    (float16 would be larger than the source), with group-32 scales when it is
+    Q8_0 (kept bit-exact).
     """
     four_bit = [t.name for t in source.projection_types() if t in EXACT_INT4]
     embedding = source.gguf_types.get("model.embed_tokens.weight")
     resolved = quant.resolved(
-        EXACT_GROUP if four_bit else DEFAULT_GROUP, embedding is not None and embedding not in FLOAT_TYPES
+        EXACT_GROUP if four_bit else DEFAULT_GROUP,
+        embedding is not None and embedding not in FLOAT_TYPES,
+        EMBEDDING_GROUP if embedding == QT.Q8_0 else None,
     )
     check_request(source, resolved)
     if four_bit and resolved.method == "int4" and resolved.group_size != EXACT_GROUP:
@@ -139,9 +151,15 @@ def check_request(source: Source, quant: QuantConfig) -> None:
     """Reject requests the model cannot take before anything is written.
 
     Raises:
-        QuantizationError: the int4 group size does not divide a projection's input width.
+        QuantizationError: the int4 group size does not divide a projection's input width, or the
+            embedding group size the hidden size.
     """
     cfg = source.config
+    if quant.embedding_group_size and cfg.hidden_size % quant.embedding_group_size:
+        raise QuantizationError(
+            f"embedding group size {quant.embedding_group_size} does not divide hidden_size = {cfg.hidden_size} "
+            f"of {source.path}"
+        )
     if quant.group_size is None:
         return
     widths = {"hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size}
@@ -173,14 +191,19 @@ def quantized_tensors(
             continue
         base = name.removesuffix(".weight")
         source_type = t.gguf_type.name if t.gguf_type is not None else _dtype_name(t)
-        if layer.method == "int8" and t.gguf_type == QT.Q8_0:
+        if layer.method == "int8" and t.gguf_type == QT.Q8_0 and layer.group_size == EMBEDDING_GROUP:
+            q, scale = _from_blocks(q8_0_to_int8_groups, t, source.path)
+            tally.add(name, KEPT, source_type)
+            yield name, _unpermute(q, t)
+            yield f"{name}_scale", _unpermute(_exact_f16(scale, name), t)
+        elif layer.method == "int8" and t.gguf_type == QT.Q8_0:
             q, scale = _from_blocks(q8_0_to_int8, t, source.path)
             tally.add(name, REPACKED, source_type)
             yield name, _unpermute(q, t)
             yield f"{name}_scale", _unpermute(scale, t)
         elif layer.method == "int8":
             tally.add(name, _float_how(t), source_type)
-            q, scale = quantize_int8(t.read())
+            q, scale = _quantize_int8(t.read(), layer.group_size)
             yield name, q
             yield f"{name}_scale", scale
         elif t.gguf_type in EXACT_INT4 and layer.group_size == EXACT_GROUP:
@@ -195,6 +218,15 @@ def quantized_tensors(
             yield f"{base}.qweight", packed
             yield f"{base}.scales", scales.to(torch.float16)
             yield f"{base}.mins", mins.to(torch.float16)
+
+
+def _quantize_int8(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 per row (scale [N]) or per group of columns (scale [N, K/G]), symmetric."""
+    if group_size is None:
+        return quantize_int8(w)
+    n, k = w.shape
+    q, scale = quantize_int8(w.reshape(-1, group_size))
+    return q.reshape(n, k), scale.reshape(n, k // group_size)
 
 
 def _from_blocks(convert: Callable, t: SourceTensor, path: Path) -> tuple[torch.Tensor, ...]:

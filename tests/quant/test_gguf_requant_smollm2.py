@@ -1,4 +1,4 @@
-"""`rusteeze quantize` on the real SmolLM2 Q4_1 GGUF, through the installed CLI: small, bit-exact, still says Paris."""
+"""`rusteeze quantize` on the real SmolLM2 Q4_1 GGUF through the installed CLI: no bigger, bit-exact, says Paris."""
 
 import os
 import shutil
@@ -50,7 +50,9 @@ def test_int4_is_no_bigger_than_the_gguf_and_says_where_it_came_from(smollm2_ggu
     assert "Warning" not in run.stderr
     summary = [line for line in run.stdout.splitlines() if line.startswith("source: ")]
     assert len(summary) == 1, run.stdout
-    assert summary[0].startswith("source: GGUF Q4_1 (98.4 MB) → int4 group 32 (kept bit-exact), embeddings int8")
+    assert summary[0].startswith(
+        "source: GGUF Q4_1 (98.4 MB) → int4 group 32 (kept bit-exact), embeddings int8 group 32 (kept bit-exact): "
+    )
 
 
 def test_int4_weights_are_the_gguf_weights(smollm2_gguf_path, int4_dir):
@@ -64,10 +66,14 @@ def test_int4_weights_are_the_gguf_weights(smollm2_gguf_path, int4_dir):
                 base = name.removesuffix(".weight")
                 parts = [f.get_tensor(f"{base}.{leaf}") for leaf in ("qweight", "scales", "mins")]
                 assert torch.equal(dequantize_int4(*parts, 32), w), name
-                checked += 1
             elif name.endswith("norm.weight"):
                 assert torch.equal(f.get_tensor(name), w), name
-    assert checked == 7 * 30
+            else:
+                assert name == "model.embed_tokens.weight"  # tied: no lm_head
+                q, scale = f.get_tensor(name).float(), f.get_tensor(f"{name}_scale").float()
+                assert torch.equal((q.reshape(q.shape[0], -1, 32) * scale[..., None]).reshape(q.shape), w)
+            checked += 1
+    assert checked == 9 * 30 + 2
 
 
 def test_int4_answers_paris_with_the_float_models_tokens(smollm2_gguf_path, int4_dir):
@@ -75,11 +81,11 @@ def test_int4_answers_paris_with_the_float_models_tokens(smollm2_gguf_path, int4
     small = {"kv_cache_memory": "64MiB"}  # the default 1 GiB, poisoned with NaN by the suite, only costs time
     answer = LLM(str(out), **small).chat(QUESTION, SamplingParams(max_tokens=24, temperature=0))[0].outputs[0]
     assert "Paris" in answer.text, answer.text
-    # The projection weights are the GGUF's, bit for bit (the Q8_0 embedding became int8 per row, as in GGUF
-    # direct): the greedy tokens match the GGUF dequantized to float32 on the torch path.
+    # Every weight is the GGUF's, bit for bit: the greedy tokens match the GGUF dequantized to float32 on the
+    # torch path.
     float_llm = LLM(smollm2_gguf_path, gguf_direct=False, dtype="float32", kernel_backend="torch", **small)
-    expected = float_llm.chat(QUESTION, SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].token_ids
-    assert answer.token_ids[:8] == expected
+    expected = float_llm.chat(QUESTION, SamplingParams(max_tokens=24, temperature=0))[0].outputs[0].token_ids
+    assert answer.token_ids == expected
 
 
 def test_group_that_does_not_fit_is_an_error_without_the_requantize_warning(smollm2_gguf_path, tmp_path):
