@@ -174,14 +174,14 @@ def child(args) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
-def quantize(gguf: str, method: str, group_size: int, out: str) -> dict:
+def quantize(gguf: str, method: str, group_size: int | None, out: str) -> dict:
     """Run the real ``rusteeze quantize`` CLI; the directory's size and the time it took."""
     exe = shutil.which("rusteeze", path=os.path.dirname(sys.executable)) or shutil.which("rusteeze")
     if exe is None:
         return {"error": "the rusteeze command is not installed (pip install -e .)"}
     # Embeddings int8 too: the GGUF's are Q8_0, so both sides hold the same kinds of tensors.
     cmd = [exe, "quantize", gguf, "--method", method, "--quantize-embeddings", "-o", out]
-    if method == "int4":
+    if method == "int4" and group_size is not None:
         cmd += ["--group-size", str(group_size)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -246,7 +246,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128, help="single-stream new tokens")
     parser.add_argument("--batch", type=int, default=32, help="prompts in the batch figure")
     parser.add_argument("--batch-output-len", type=int, default=None, help="default: half of --output-len")
-    parser.add_argument("--group-size", type=int, default=64, help="int4 group size: 32, 64 or 128")
+    parser.add_argument(
+        "--group-size", type=int, default=None, help="int4 group size: 32, 64 or 128 (default: the source's)"
+    )
     parser.add_argument("--kv-cache-memory", default="320MiB", help="KV budget (fits 32 x 192 SmolLM2 tokens)")
     parser.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads (default: all)")
     parser.add_argument("--json", default=None, help="write the results to this file")
