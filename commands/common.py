@@ -40,6 +40,7 @@ Debug = Annotated[
 ]
 
 _stderr = Console(stderr=True, highlight=False)
+_interrupted = False
 
 
 def stderr_console() -> Console:
@@ -71,8 +72,15 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         if debug or _debug_env():
             raise
+        global _interrupted
+        _interrupted = True
         _stderr.print("Interrupted.", style="dim")
         raise typer.Exit(130) from None
+
+
+def interrupted_reported() -> bool:
+    """Whether `cli_errors` has printed `Interrupted.` in this process (the console script says it once)."""
+    return _interrupted
 
 
 def _debug_env() -> bool:
