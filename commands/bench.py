@@ -14,27 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.text import Text
 
 from rusteeze.commands.common import cli_errors, stderr_console
-from rusteeze.commands.options import (
-    ConfigFile,
-    Debug,
-    Device,
-    Dtype,
-    KernelBackend,
-    KvCacheMemory,
-    MaxModelLen,
-    MaxNumBatchedTokens,
-    MaxNumSeqs,
-    Model,
-    NoGgufDirect,
-    NoPrefixCaching,
-    engine_config,
-)
+from rusteeze.commands.options import NO_FLAGS, Debug, EngineOptions, Model, engine_options
 from rusteeze.errors import ConfigError
 
 WORKLOAD = "Workload"
 ONLINE = "Online (a running server)"
 
 
+@engine_options
 def bench(
     model: Model = None,
     num_prompts: Annotated[int, typer.Option(help="Requests per run.", rich_help_panel=WORKLOAD)] = 32,
@@ -77,16 +64,7 @@ def bench(
             rich_help_panel=ONLINE,
         ),
     ] = None,
-    config: ConfigFile = None,
-    dtype: Dtype = None,
-    device: Device = None,
-    max_model_len: MaxModelLen = None,
-    kv_cache_memory: KvCacheMemory = None,
-    max_num_seqs: MaxNumSeqs = None,
-    max_num_batched_tokens: MaxNumBatchedTokens = None,
-    no_prefix_caching: NoPrefixCaching = False,
-    kernel_backend: KernelBackend = None,
-    no_gguf_direct: NoGgufDirect = False,
+    options: EngineOptions = NO_FLAGS,
     debug: Debug = False,
 ) -> None:
     """Benchmark throughput and latency: TTFT, TPOT and ITL percentiles, prefill speed, peak memory."""
@@ -113,20 +91,7 @@ def bench(
             from rusteeze.bench.offline import check_sizes, run_offline
             from rusteeze.commands.loading import load_engine
 
-            cfg, _ = engine_config(
-                model,
-                config,
-                dtype=dtype,
-                device=device,
-                max_model_len=max_model_len,
-                kv_cache_memory=kv_cache_memory,
-                max_num_seqs=max_num_seqs,
-                max_num_batched_tokens=max_num_batched_tokens,
-                no_prefix_caching=no_prefix_caching,
-                kernel_backend=kernel_backend,
-                no_gguf_direct=no_gguf_direct,
-                seed=seed,
-            )
+            cfg, _ = options.engine_config(model, seed=seed)
             check_sizes(num_prompts, input_len, output_len)  # before the model loads
             engine, resolved = load_engine(cfg)
             with _progress() as on_progress:

@@ -19,27 +19,14 @@ from rich.text import Text
 from rusteeze.chat_session import ChatSession, MultilineInput
 from rusteeze.chat_settings import ChatSettings
 from rusteeze.commands.common import cli_errors, print_error, stderr_console
-from rusteeze.commands.options import (
-    ConfigFile,
-    Debug,
-    Device,
-    Dtype,
-    KernelBackend,
-    KvCacheMemory,
-    MaxModelLen,
-    MaxNumBatchedTokens,
-    MaxNumSeqs,
-    Model,
-    NoGgufDirect,
-    NoPrefixCaching,
-    engine_config,
-)
+from rusteeze.commands.options import NO_FLAGS, Debug, EngineOptions, Model, engine_options
 from rusteeze.errors import ConfigError, InvalidRequestError, RusteezeError, UnsupportedModelError
 
 SAMPLING = "Sampling options"
 PLACEHOLDER = "Send a message (/? for help)"
 
 
+@engine_options
 def chat(
     model: Model = None,
     prompt: Annotated[
@@ -60,35 +47,16 @@ def chat(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible replies.", rich_help_panel=SAMPLING)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print TTFT and tokens/s after each reply.")] = False,
-    config: ConfigFile = None,
-    dtype: Dtype = None,
-    device: Device = None,
-    max_model_len: MaxModelLen = None,
-    kv_cache_memory: KvCacheMemory = None,
-    max_num_seqs: MaxNumSeqs = None,
-    max_num_batched_tokens: MaxNumBatchedTokens = None,
-    no_prefix_caching: NoPrefixCaching = False,
-    kernel_backend: KernelBackend = None,
-    no_gguf_direct: NoGgufDirect = False,
+    options: EngineOptions = NO_FLAGS,
     debug: Debug = False,
 ) -> None:
     """Chat with a model: a >>> prompt on a terminal; -p PROMPT, or a prompt on stdin, prints one reply."""
     with cli_errors(debug):
-        cfg, sections = engine_config(
-            model,
-            config,
-            dtype=dtype,
-            device=device,
-            max_model_len=max_model_len,
-            kv_cache_memory=kv_cache_memory,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            no_prefix_caching=no_prefix_caching,
-            kernel_backend=kernel_backend,
-            no_gguf_direct=no_gguf_direct,
-        )
+        cfg, sections = options.engine_config(model)
         flags = dict(system=system, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens)
-        settings = chat_settings(sections["chat"], str(config or "[chat]"), seed=seed, verbose=verbose or None, **flags)
+        settings = chat_settings(
+            sections["chat"], str(options.config or "[chat]"), seed=seed, verbose=verbose or None, **flags
+        )
         interactive = prompt is None and sys.stdin.isatty() and sys.stdout.isatty()
         if prompt is None and not interactive:
             if sys.stdin.isatty():  # stdout is redirected: the prompt is typed, then Ctrl-D

@@ -1,26 +1,35 @@
 """The engine options every engine command shares (chat, bench, serve), declared once.
 
-Usage, in a command file:
+The ten flags (`--config`, `--dtype`, … `--no-gguf-direct`) are the fields of
+:class:`EngineOptions`. A command takes them all as one parameter and decorates itself with
+:func:`engine_options`, which shows them to Typer as ordinary options and hands the command
+one filled-in `EngineOptions`:
 
-    from rusteeze.commands.options import ConfigFile, Device, Dtype, ..., engine_config
+    from rusteeze.commands.options import NO_FLAGS, Debug, EngineOptions, Model, engine_options
 
-    def chat(model: Model = None, config: ConfigFile = None, dtype: Dtype = None, ...) -> None:
+    @engine_options
+    def chat(model: Model = None, options: EngineOptions = NO_FLAGS, debug: Debug = False) -> None:
         with cli_errors(debug):
-            cfg, sections = engine_config(model, config, dtype=dtype, ...)
+            cfg, sections = options.engine_config(model)
 
 Every option defaults to "not given" (None, or False for `--no-prefix-caching` and
-`--no-gguf-direct`), so
-:func:`engine_config` can apply the precedence flag > config file > defaults: a flag
-overrides the file only when the user typed it. A value of the wrong type (`--max-num-seqs
-abc`) is a usage error (exit 2, Typer's convention); a value of the right type that the
-engine rejects (`--dtype float8`, `--max-num-seqs 0`) is a ConfigError naming the flag, which
-`cli_errors` prints as one red line (exit 1).
+`--no-gguf-direct`), so :meth:`EngineOptions.engine_config` can apply the precedence
+flag > config file > defaults: a flag overrides the file only when the user typed it. A
+value of the wrong type (`--max-num-seqs abc`) is a usage error (exit 2, Typer's
+convention); a value of the right type that the engine rejects (`--dtype float8`,
+`--max-num-seqs 0`) is a ConfigError naming the flag, which `cli_errors` prints as one red
+line (exit 1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -29,10 +38,12 @@ from rusteeze.config import DTYPES, KERNEL_BACKENDS, EngineConfig, load_config_f
 from rusteeze.errors import ConfigError
 
 __all__ = [
+    "NO_FLAGS",
     "ConfigFile",
     "Debug",
     "Device",
     "Dtype",
+    "EngineOptions",
     "KernelBackend",
     "KvCacheMemory",
     "MaxModelLen",
@@ -42,6 +53,7 @@ __all__ = [
     "NoGgufDirect",
     "NoPrefixCaching",
     "engine_config",
+    "engine_options",
 ]
 
 ENGINE_PANEL = "Engine options"
@@ -153,6 +165,61 @@ KernelBackend = Annotated[
         show_default=False,
     ),
 ]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The shared engine flags as the user typed them (None / False: not given)."""
+
+    config: ConfigFile = None
+    dtype: Dtype = None
+    device: Device = None
+    max_model_len: MaxModelLen = None
+    kv_cache_memory: KvCacheMemory = None
+    max_num_seqs: MaxNumSeqs = None
+    max_num_batched_tokens: MaxNumBatchedTokens = None
+    no_prefix_caching: NoPrefixCaching = False
+    kernel_backend: KernelBackend = None
+    no_gguf_direct: NoGgufDirect = False
+
+    def engine_config(self, model: str | None, **extra: Any) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
+        """The command's EngineConfig and the config file's tables: see :func:`engine_config`."""
+        flags = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
+        return engine_config(model, self.config, **flags, **extra)
+
+
+NO_FLAGS = EngineOptions()  # the default of a command's `options` parameter: no flag typed
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def engine_options(command: F) -> F:
+    """Give `command` the shared engine flags, collected into its `options: EngineOptions` parameter.
+
+    Typer sees the command's own parameters with the ten `EngineOptions` fields in place of
+    `options` (so `--help` lists them there, under "Engine options"); the command is called
+    with one `EngineOptions` built from them.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    if "options" not in signature.parameters:
+        raise TypeError(f"{command.__name__} needs an `options: EngineOptions` parameter")
+    hints = get_type_hints(EngineOptions, include_extras=True)
+    shared = [
+        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default, annotation=hints[f.name])
+        for f in dataclasses.fields(EngineOptions)
+    ]
+    names = [p.name for p in shared]
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        params += shared if param.name == "options" else [param]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        options = EngineOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})
+        return command(**kwargs, options=options)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": signature.return_annotation}
+    return wrapper  # type: ignore[return-value]
 
 
 def engine_config(

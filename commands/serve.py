@@ -15,25 +15,12 @@ from typing import Annotated
 import typer
 
 from rusteeze.commands.common import cli_errors
-from rusteeze.commands.options import (
-    ConfigFile,
-    Debug,
-    Device,
-    Dtype,
-    KernelBackend,
-    KvCacheMemory,
-    MaxModelLen,
-    MaxNumBatchedTokens,
-    MaxNumSeqs,
-    Model,
-    NoGgufDirect,
-    NoPrefixCaching,
-    engine_config,
-)
+from rusteeze.commands.options import NO_FLAGS, Debug, EngineOptions, Model, engine_options
 
 SERVER = "Server options"
 
 
+@engine_options
 def serve(
     model: Model = None,
     host: Annotated[
@@ -95,16 +82,7 @@ def serve(
             rich_help_panel=SERVER,
         ),
     ] = None,
-    config: ConfigFile = None,
-    dtype: Dtype = None,
-    device: Device = None,
-    max_model_len: MaxModelLen = None,
-    kv_cache_memory: KvCacheMemory = None,
-    max_num_seqs: MaxNumSeqs = None,
-    max_num_batched_tokens: MaxNumBatchedTokens = None,
-    no_prefix_caching: NoPrefixCaching = False,
-    kernel_backend: KernelBackend = None,
-    no_gguf_direct: NoGgufDirect = False,
+    options: EngineOptions = NO_FLAGS,
     debug: Debug = False,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (completions, chat, streaming, metrics)."""
@@ -116,19 +94,7 @@ def serve(
         from rusteeze.server.runner import bind_socket, run_server
         from rusteeze.server.settings import ServerSettings
 
-        cfg, sections = engine_config(
-            model,
-            config,
-            dtype=dtype,
-            device=device,
-            max_model_len=max_model_len,
-            kv_cache_memory=kv_cache_memory,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            no_prefix_caching=no_prefix_caching,
-            kernel_backend=kernel_backend,
-            no_gguf_direct=no_gguf_direct,
-        )
+        cfg, sections = options.engine_config(model)
         origins = [o.strip() for value in allowed_origins or [] for o in value.split(",") if o.strip()]
         flags = {
             "host": host,
@@ -142,7 +108,7 @@ def serve(
         given = {key: value for key, value in flags.items() if value is not None}
         for key, value in given.items():
             _check_flag(ServerSettings, key, value)
-        settings = ServerSettings.from_table(sections["server"], source=f"{config} [server]").replace(**given)
+        settings = ServerSettings.from_table(sections["server"], source=f"{options.config} [server]").replace(**given)
         resolved = resolve_model(cfg.model)
         name = settings.served_model_name or cfg.model or resolved.name
         engine_cfg = cfg.replace(model=str(resolved.path))
