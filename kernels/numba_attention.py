@@ -29,8 +29,11 @@ tile, KV head) — for decode exactly once per sequence, ``2·ctx·Hk·D·4`` by
 plus q and out once.
 
 Float32 only (other dtypes fall back to ``torch_ops.paged_attention``).
-Prefill sequences with at least ``TORCH_PREFILL_MIN_Q`` query tokens go to the
-torch op (SDPA's blocked GEMMs beat a scalar-dot kernel there; see docs/kernels.md).
+Sequences with at least ``TORCH_PREFILL_MIN_Q`` query tokens go to the torch op
+(SDPA), one sub-batch per call: this kernel costs ~12 ns per (query row, key)
+pair on the machine of docs/kernels.md, SDPA ~6 ns plus ~100 µs per call, so
+SDPA wins from 4-16 query tokens on (the routing depends only on the
+sequence's own query count: still batch invariant).
 """
 
 import numba
@@ -44,7 +47,7 @@ from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_tensor
 
 CHUNK = 64  # keys per online-softmax step (absolute grid: chunk c covers keys [64c, 64c + 64))
 TILE_ROWS = 32  # query rows (tokens × GQA heads) per prefill work item
-TORCH_PREFILL_MIN_Q = 1 << 62  # sequences with this many query tokens or more use the torch op
+TORCH_PREFILL_MIN_Q = 8  # sequences with this many query tokens or more use the torch op (measured)
 
 _OK = 0
 _BAD_BLOCK = 1
@@ -158,37 +161,41 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
     return _OK
 
 
-@numba.njit(**JIT)
-def _check_batch(cu, seq_lens, tables, tokens, block_size):
-    """Index of the first sequence whose offsets, length or table width are inconsistent, or -1."""
-    for b in range(seq_lens.shape[0]):
-        start, end, ctx = cu[b], cu[b + 1], seq_lens[b]
-        if start < 0 or end < start or end > tokens:
-            return b
-        if end > start and (end - start > ctx or (ctx + block_size - 1) // block_size > tables.shape[1]):
-            return b
-    return -1
+_BAD_BLOCK_STATUS = -(1 << 62)
 
 
 @numba.njit(parallel=True, **JIT)
-def _attention_kernel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, skip, out):
-    """Every (sequence, KV head, query tile) work item, in parallel; sequences with skip[b] are left out.
+def _attention_kernel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_min_q, out):
+    """Every (sequence, KV head, query tile) work item, in parallel.
 
-    Returns _OK, or _BAD_BLOCK when a visible key's block-table entry is outside the cache.
+    Sequences with ``torch_min_q`` or more query tokens are left out (for the torch op).
+    Returns the number of sequences left out (>= 0); ``-1 - b`` when sequence b's
+    offsets, length or table width are inconsistent (nothing computed); or
+    ``_BAD_BLOCK_STATUS`` when a visible key's block-table entry is outside the cache.
     """
-    kv_heads = k_cache.shape[2]
+    batch = seq_lens.shape[0]
+    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = q.shape[1] // kv_heads
     tile_q = max(1, TILE_ROWS // group)
     count = 0
-    for b in range(seq_lens.shape[0]):
-        if not skip[b]:
-            count += kv_heads * ((cu[b + 1] - cu[b] + tile_q - 1) // tile_q)
+    skipped = 0
+    for b in range(batch):
+        start, end, ctx = cu[b], cu[b + 1], seq_lens[b]
+        if start < 0 or end < start or end > q.shape[0]:
+            return -1 - b
+        if end > start and (end - start > ctx or (ctx + block_size - 1) // block_size > tables.shape[1]):
+            return -1 - b
+        if end - start >= torch_min_q:
+            skipped += 1
+        else:
+            count += kv_heads * ((end - start + tile_q - 1) // tile_q)
     items = np.empty((count, 3), np.int64)  # (sequence, kv head, first query token)
     n = 0
-    for b in range(seq_lens.shape[0]):
-        if skip[b]:
+    for b in range(batch):
+        q_len = cu[b + 1] - cu[b]
+        if q_len >= torch_min_q:
             continue
-        for i0 in range(0, cu[b + 1] - cu[b], tile_q):
+        for i0 in range(0, q_len, tile_q):
             for g in range(kv_heads):
                 items[n, 0] = b
                 items[n, 1] = g
@@ -202,7 +209,10 @@ def _attention_kernel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, 
         status[w] = _attend_tile(
             q, k_cache, v_cache, tables[b], seq_lens[b], cu[b], q_len, i0, nq, g, scale, window, out
         )
-    return status.max() if count else _OK
+    for w in range(count):
+        if status[w] != _OK:
+            return _BAD_BLOCK_STATUS
+    return skipped
 
 
 def _check(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, sliding_window) -> None:
@@ -288,34 +298,22 @@ def paged_attention(
     cu = index_array(op, "cu_seqlens_q", cu_seqlens_q, torch.int32, 1)
     lens = index_array(op, "seq_lens", seq_lens, torch.int32, 1)
     tables = index_array(op, "block_tables", block_tables, torch.int32, 2)
-    batch = lens.shape[0]
-    if cu.shape[0] != batch + 1 or tables.shape[0] != batch:
+    if cu.shape[0] != lens.shape[0] + 1 or tables.shape[0] != lens.shape[0]:
         _check(q, k_cache, v_cache, cu_seqlens_q, seq_lens, block_tables, sliding_window)
-    bad = _check_batch(cu, lens, tables, q.shape[0], k_cache.shape[1])
-    if bad >= 0:
-        raise KernelError(
-            f"{op}: sequence {bad} has query rows [{cu[bad]}, {cu[bad + 1]}) of {q.shape[0]}, context {lens[bad]} and "
-            f"a block table of {tables.shape[1]} blocks of {k_cache.shape[1]}: inconsistent"
-        )
+    min_q = TORCH_PREFILL_MIN_Q if torch_prefill_min_q is None else torch_prefill_min_q
     out = torch.empty_like(q)
-    q_lens = np.diff(cu)
-    skip = q_lens >= (TORCH_PREFILL_MIN_Q if torch_prefill_min_q is None else torch_prefill_min_q)
-    status = _attention_kernel(
-        q.numpy(),
-        k_cache.numpy(),
-        v_cache.numpy(),
-        cu,
-        lens,
-        tables,
-        float(scale),
-        int(sliding_window or 0),
-        skip,
-        out.numpy(),
-    )
-    if status != _OK:
+    qn, kn, vn, on = q.numpy(), k_cache.numpy(), v_cache.numpy(), out.numpy()
+    status = _attention_kernel(qn, kn, vn, cu, lens, tables, float(scale), int(sliding_window or 0), min_q, on)
+    if status > 0:
+        _torch_prefill(q, k_cache, v_cache, cu, lens, tables, np.diff(cu) >= min_q, scale, sliding_window, out)
+    elif status == _BAD_BLOCK_STATUS:
         raise KernelError(f"{op}: a block-table entry inside a visible key range is outside the cache")
-    if skip.any():
-        _torch_prefill(q, k_cache, v_cache, cu, lens, tables, skip, scale, sliding_window, out)
+    elif status < 0:
+        bad = -1 - status
+        raise KernelError(
+            f"{op}: sequence {bad} has query rows [{cu[bad]}, {cu[bad + 1]}) of {q.shape[0]}, context {lens[bad]} "
+            f"and a block table of {tables.shape[1]} blocks of {k_cache.shape[1]}: inconsistent"
+        )
     return out
 
 

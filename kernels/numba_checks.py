@@ -9,9 +9,11 @@ the kernels rely on -inf and must not turn NaN checks into assumptions.
 Accumulators are typed ``np.float32``; a bare ``0.0`` is float64 and keeps a
 loop scalar.
 
-Numba compiles for the host (AVX-512 here, AVX2 elsewhere); setting
-``NUMBA_CPU_NAME=haswell`` before the first compile builds the AVX2 code on an
-AVX-512 machine, which is how the AVX2 path is tested here.
+Numba compiles for the host (AVX-512 here, AVX2 elsewhere). The AVX2 code is
+tested on an AVX-512 machine by compiling for Haswell into another cache:
+``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+avx,+avx2,+fma,+f16c,+bmi,+bmi2,...``
+(the features too: with the name alone numba keeps the host's, AVX-512
+included) and ``NUMBA_CACHE_DIR=/tmp/...``; see docs/kernels.md.
 
 Argument checks: a kernel trusts its arrays, so every wrapper checks tensors
 cheaply (a fast path of a few attribute reads) and, when that fails, explains

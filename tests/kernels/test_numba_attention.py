@@ -88,14 +88,18 @@ CASES = {
 }
 
 
+NUMBA_ONLY = 1 << 40  # torch_prefill_min_q that keeps every sequence in the Numba kernel
+
+
+@pytest.mark.parametrize("min_q", [NUMBA_ONLY, None], ids=["numba-only", "default-routing"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_float64_reference_and_torch_op(case):
+def test_matches_float64_reference_and_torch_op(case, min_q):
     specs, block_size, hq, hk, dim, window, release = CASES[case]
     q, k_cache, v_cache, cu, seq_lens, tables, keys, values = make_batch(
         specs, block_size, hq, hk, dim, seed=len(case), window=window, release=release
     )
     scale = dim**-0.5
-    out = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, scale, window)
+    out = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_prefill_min_q=min_q)
     assert torch.isfinite(out).all()
     expected = reference(q, keys, values, specs, scale, window)
     torch.testing.assert_close(out.double(), expected, **TOL)
@@ -107,7 +111,7 @@ def test_long_prefill_through_torch_matches_numba():
     """Sequences routed to SDPA (torch_prefill_min_q) and the Numba path agree; decode rows are untouched."""
     specs = [(100, 100), (60, 1), (150, 50)]
     q, k_cache, v_cache, cu, seq_lens, tables, _keys, _values = make_batch(specs, 16, 9, 3, 64, seed=3, pad=0)
-    numba_out = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=1 << 40)
+    numba_out = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=NUMBA_ONLY)
     routed = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=50)
     torch.testing.assert_close(routed, numba_out, **TOL)
     assert torch.equal(routed[100], numba_out[100])  # the decode row never left the Numba kernel
@@ -117,11 +121,13 @@ def test_rows_do_not_depend_on_the_batch_or_threads():
     """Batch invariance: a sequence's rows are bit-identical alone, in a batch, and on 1 or 2 threads."""
     specs = [(70, 1), (150, 33), (300, 1), (41, 41)]
     q, k_cache, v_cache, cu, seq_lens, tables, *_ = make_batch(specs, 16, 9, 3, 64, seed=5)
-    batched = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125)
+    batched = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=NUMBA_ONLY)
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        single_thread = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125)
+        single_thread = paged_attention(
+            q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=NUMBA_ONLY
+        )
     finally:
         numba.set_num_threads(threads)
     assert torch.equal(batched, single_thread)
@@ -135,6 +141,7 @@ def test_rows_do_not_depend_on_the_batch_or_threads():
             seq_lens[b : b + 1],
             tables[b : b + 1],
             0.125,
+            torch_prefill_min_q=NUMBA_ONLY,
         )
         assert torch.equal(alone, batched[rows]), b
 
@@ -143,7 +150,7 @@ def test_decode_step_equals_the_prefill_row_of_the_same_position():
     """The last row of a prefill and a decode of that token compute the same thing, bit for bit."""
     specs = [(90, 90)]
     q, k_cache, v_cache, cu, seq_lens, tables, *_ = make_batch(specs, 16, 8, 2, 64, seed=6)
-    prefill = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125)
+    prefill = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=NUMBA_ONLY)
     decode = paged_attention(q[-1:], k_cache, v_cache, torch.tensor([0, 1], dtype=torch.int32), seq_lens, tables, 0.125)
     assert torch.equal(decode[0], prefill[-1])
 
