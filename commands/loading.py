@@ -12,8 +12,11 @@ from contextlib import nullcontext
 from rich.text import Text
 
 from rusteeze.commands.common import stderr_console
+from rusteeze.commands.options import as_flags
 from rusteeze.config import EngineConfig
 from rusteeze.engine.engine import Engine
+from rusteeze.engine.kv_budget import check_usable
+from rusteeze.errors import ConfigError
 from rusteeze.loader.resolve import ResolvedModel, resolve_model
 
 
@@ -27,17 +30,27 @@ def load_engine(config: EngineConfig) -> tuple[Engine, ResolvedModel]:
     Returns:
         The engine and the resolved reference (its `name` and `source` are for the user).
 
+    When the KV budget shortened the model's context (`--max-model-len` unset), a second dim line
+    says so; below 512 tokens that is an error instead (`check_usable`).
+
     Raises:
-        ModelNotFoundError, ModelLoadError, UnsupportedModelError, ConfigError: see `load_model` and `Engine`.
+        ModelNotFoundError, ModelLoadError, UnsupportedModelError: see `load_model`.
+        ConfigError: see `Engine` and `check_usable`; the message names the flags (`--kv-cache-memory`).
     """
     console = stderr_console()
     start = time.perf_counter()
     resolved = resolve_model(config.model)
-    with console.status(f"Loading {resolved.name}…") if console.is_terminal else nullcontext():
-        # The resolved path resolves to itself, so `load_model` (and whatever it grows) stays the one loader.
-        engine = Engine(config.replace(model=str(resolved.path)))
+    try:
+        with console.status(f"Loading {resolved.name}…") if console.is_terminal else nullcontext():
+            # The resolved path resolves to itself, so `load_model` (and whatever it grows) stays the one loader.
+            engine = Engine(config.replace(model=str(resolved.path)))
+        shortened = check_usable(engine.kv_plan, config)
+    except ConfigError as e:  # the KV budget or the context: say it in flags
+        raise ConfigError(as_flags(str(e))) from None
     seconds = time.perf_counter() - start
     console.print(Text(load_line(resolved, engine, seconds), style="dim"), soft_wrap=True)
+    if shortened:
+        console.print(Text(as_flags(shortened), style="dim"), soft_wrap=True)
     return engine, resolved
 
 

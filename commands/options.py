@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "Model",
     "NoGgufDirect",
     "NoPrefixCaching",
+    "as_flags",
     "engine_config",
     "engine_options",
 ]
@@ -278,6 +280,17 @@ def flag_name(key: str) -> str:
     """The command-line flag of an EngineConfig field (`max_num_seqs` → `--max-num-seqs`)."""
     negated = {"enable_prefix_caching": "--no-prefix-caching", "gguf_direct": "--no-gguf-direct"}
     return negated.get(key, "--" + key.replace("_", "-"))
+
+
+_KEYS_AS_FLAGS = ("max_model_len", "kv_cache_memory", "max_num_seqs", "max_num_batched_tokens", "kernel_backend")
+
+
+def as_flags(message: str) -> str:
+    """An engine message in flag terms: `kv_cache_memory = 1MiB` → `--kv-cache-memory 1MiB`, `max_model_len` →
+    `--max-model-len` (for the errors the engine raises after the flags were checked, e.g. about the KV budget)."""
+    for key in _KEYS_AS_FLAGS:
+        message = re.sub(rf"\b{key}( = |\b)", lambda m, key=key: flag_name(key) + (" " if m.group(1) else ""), message)
+    return re.sub(r"\b(dtype|device) = ", lambda m: f"--{m.group(1)} ", message)
 
 
 def _check_flag(key: str, value: Any) -> None:

@@ -10,7 +10,8 @@ import torch
 
 from rusteeze.config import EngineConfig
 from rusteeze.engine.block_manager import BlockManager
-from rusteeze.engine.kv_cache import allocate_kv_caches, bytes_per_block, num_blocks_for
+from rusteeze.engine.kv_budget import allocation_error, plan_kv_cache
+from rusteeze.engine.kv_cache import allocate_kv_caches, num_blocks_for
 from rusteeze.engine.outputs import RequestOutput
 from rusteeze.engine.request import Request
 from rusteeze.engine.runner import ModelRunner
@@ -41,9 +42,11 @@ class Engine:
             loaded from ``config`` when None.
 
     Raises:
-        ConfigError: the KV-cache budget cannot hold one sequence of the
-            ``max_model_len`` set in the config (when it is unset, the context
-            is shortened to what the budget holds instead).
+        ConfigError: ``max_model_len`` exceeds the model's context, or the
+            KV-cache budget cannot hold one sequence of it (when it is unset,
+            the context is shortened to what the budget holds instead, and
+            ``kv_plan.shortened`` says so), holds no block at all, or exceeds
+            the device's memory (see ``rusteeze.engine.kv_budget``).
     """
 
     def __init__(self, config: EngineConfig, loaded: Any = None) -> None:
@@ -60,14 +63,16 @@ class Engine:
         extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos)
         self.eos_token_ids = tuple(dict.fromkeys([*cfg.eos_token_ids, *self.tokenizer.eos_token_ids, *extra_eos]))
         bs = config.block_size
-        per_block = bytes_per_block(cfg, bs, loaded.dtype)
         # Unset max_model_len: the model's, but no more than the KV budget holds
-        # (a 128k-context model still runs in the default budget). Set: checked.
-        self.max_model_len = config.max_model_len or min(
-            cfg.max_position_embeddings, config.kv_cache_memory // per_block * bs
-        )
+        # (a 128k-context model still runs in the default budget). Set: checked against the
+        # model's context and the budget; the budget against the device's memory.
+        self.kv_plan = plan_kv_cache(cfg, config, loaded.dtype, loaded.device)
+        self.max_model_len = self.kv_plan.max_model_len
         num_blocks = num_blocks_for(cfg, bs, loaded.dtype, config.kv_cache_memory, self.max_model_len)
-        caches = allocate_kv_caches(cfg, num_blocks, bs, loaded.dtype, loaded.device)
+        try:
+            caches = allocate_kv_caches(cfg, num_blocks, bs, loaded.dtype, loaded.device)
+        except RuntimeError as e:  # out of memory (torch.OutOfMemoryError, or the CPU allocator's)
+            raise allocation_error(config.kv_cache_memory, loaded.device, e) from e
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching, cfg.sliding_window)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device, self.block_manager)
