@@ -78,3 +78,15 @@ def tiny_llama_dir(tiny_model_dirs):
 def tiny_plain_llama_dir(tmp_path_factory):
     """A tiny random Llama without rope scaling (what a plain GGUF conversion describes)."""
     return build_model_dir(tmp_path_factory.mktemp("plain_llama"), "llama", seed=7, rope_scaling=None)
+
+
+# Hypothesis profiles of the engine fuzzer (tests/engine/test_fuzz_engine.py applies the one named by
+# HYPOTHESIS_PROFILE, default "ci"): "ci" is bounded and deterministic, "long" runs hundreds of random
+# examples. Other hypothesis tests keep hypothesis' defaults unless HYPOTHESIS_PROFILE is set.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=12, derandomize=True, print_blob=True, **_FUZZ)
+settings.register_profile("long", max_examples=300, **_FUZZ)
+if "HYPOTHESIS_PROFILE" in os.environ:
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])

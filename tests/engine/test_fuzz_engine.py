@@ -1,0 +1,144 @@
+"""Differential engine fuzzer: batched, chunked, cached, preempted and aborted runs vs each prompt alone.
+
+Every architecture's tiny model in float32, the tiny Llama in every weight format
+(int8, int4, GGUF Q8_0 / Q4_0 / Q4_1 loaded directly) and the real SmolLM2 GGUF.
+See ``fuzz_workload.py`` for the workloads and the oracle, ``fuzz_models.py``
+for the formats. The KV cache is poisoned (tests/conftest.py), so a read of a
+slot never written for the reading sequence raises at once (NaN logits).
+
+Profiles (tests/conftest.py): ``ci`` (default: few examples, derandomized) and
+``long`` (``HYPOTHESIS_PROFILE=long python -m pytest tests/engine/test_fuzz_engine.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fuzz_models import GGUF_FORMATS, HF_FORMATS, gguf_pair, load, quantized_pair
+from fuzz_workload import Alone, check_against, make_engine, run_workload, workloads
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from rusteeze.engine.engine import Engine
+
+FORMATS = (*HF_FORMATS, *GGUF_FORMATS)
+FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))  # registered in tests/conftest.py
+EXAMPLES = FUZZ.max_examples
+
+
+def _engine_for(loaded, wl) -> Engine:
+    return make_engine(
+        loaded,
+        block_size=wl.block_size,
+        kv_tokens=wl.kv_tokens,
+        prefix_caching=True,
+        max_num_batched_tokens=wl.max_num_batched_tokens,
+        max_num_seqs=wl.max_num_seqs,
+    )
+
+
+def check_workload(loaded, alone: Alone, wl) -> list[str]:
+    """Run ``wl`` batched; failures of any completion against its prompt run alone."""
+    errors, seen = [], set()
+    results = run_workload(_engine_for(loaded, wl), wl, seen)
+    for what in sorted(seen):
+        event(what)  # coverage: python -m pytest ... --hypothesis-show-statistics
+    for req, completions, aborted in results:
+        want, margins = alone(req.prompt, req.max_tokens)
+        for i, got in enumerate(completions):
+            what = f"batched vs alone ({'aborted ' if aborted else ''}completion {i} of {req})"
+            error = check_against(what, req.prompt, got, want, margins, complete=not aborted)
+            if error:
+                errors.append(error)
+    return errors
+
+
+def check_formats(alone: Alone, twin: Alone, wl) -> list[str]:
+    """Each prompt alone in the format vs alone on the same weights dequantized to float32."""
+    longest: dict[tuple[int, ...], int] = {}
+    for reqs in wl.passes:
+        for r in reqs:
+            longest[tuple(r.prompt)] = max(longest.get(tuple(r.prompt), 0), r.max_tokens)
+    errors = []
+    for prompt, m in longest.items():
+        got, _ = alone(list(prompt), m)
+        want, margins = twin(list(prompt), m)
+        error = check_against("format vs float32 twin", list(prompt), got, want, margins, complete=True)
+        if error:
+            errors.append(error)
+    return errors
+
+
+@pytest.fixture(scope="module")
+def float_models(loaded_tiny, tiny_model_dirs):
+    """{(arch, backend): (loaded, Alone, float32 torch twin's Alone or None)}, built on first use."""
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(arch: str, backend: str) -> tuple:
+        if (arch, backend) not in cache:
+            loaded = loaded_tiny(arch) if backend == "torch" else load(tiny_model_dirs[arch], backend)
+            twin = None if backend == "torch" else get(arch, "torch")[1]
+            cache[arch, backend] = (loaded, Alone(loaded), twin)
+        return cache[arch, backend]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def format_models(tiny_llama_dir, tiny_plain_llama_dir, tmp_path_factory):
+    """{(format, backend): (loaded, Alone, float32 torch twin's Alone)}, built on first use."""
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(fmt: str, backend: str) -> tuple:
+        if (fmt, backend) not in cache:
+            tmp = tmp_path_factory.mktemp(f"fuzz-{fmt}-{backend}")
+            if fmt in HF_FORMATS:
+                loaded, twin = quantized_pair(tiny_llama_dir, fmt, tmp, backend)
+            else:
+                loaded, twin = gguf_pair(tiny_plain_llama_dir, fmt, tmp, backend)
+            cache[fmt, backend] = (loaded, Alone(loaded), Alone(twin))
+        return cache[fmt, backend]
+
+    return get
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+@settings(FUZZ)
+@given(data=st.data())
+def test_fuzz_float_engine_matches_each_prompt_alone(float_models, arch, backend, data):
+    loaded, alone, twin = float_models(arch, backend)
+    wl = data.draw(workloads(vocab=loaded.config.vocab_size), label="workload")
+    errors = (check_formats(alone, twin, wl) if twin else []) + check_workload(loaded, alone, wl)
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize(("fmt", "backend"), [*((f, "auto") for f in FORMATS), ("int4", "numba"), ("q4_0", "numba")])
+@settings(FUZZ)
+@given(data=st.data())
+def test_fuzz_quantized_engine_matches_alone_and_its_float32_twin(format_models, fmt, backend, data):
+    loaded, alone, twin = format_models(fmt, backend)
+    wl = data.draw(workloads(vocab=loaded.config.vocab_size, long_first=True), label="workload")
+    errors = check_formats(alone, twin, wl) + check_workload(loaded, alone, wl)
+    assert not errors, "\n".join(errors)
+
+
+@pytest.fixture(scope="module")
+def smollm2_models(smollm2_gguf_path):
+    """SmolLM2 GGUF loaded directly on the default kernels (the default path) and dequantized to float32."""
+    direct = load(smollm2_gguf_path, "auto", gguf_direct=True)
+    return direct, Alone(direct, min_tokens=4), Alone(load(smollm2_gguf_path, gguf_direct=False), min_tokens=4)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=2 if EXAMPLES < 20 else 6)
+@given(data=st.data())
+def test_fuzz_smollm2_gguf(smollm2_models, data):
+    direct, alone, twin = smollm2_models
+    wl = data.draw(
+        workloads(vocab=direct.config.vocab_size, max_requests=3, max_total=700, long_first=True, max_new=4),
+        label="workload",
+    )
+    errors = check_formats(alone, twin, wl) + check_workload(direct, alone, wl)
+    assert not errors, "\n".join(errors)
