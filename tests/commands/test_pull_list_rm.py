@@ -87,7 +87,10 @@ def test_errors_are_one_red_line_and_exit_1(hub, tmp_path):
     result = cli("pull", str(tmp_path / "a.gguf"), "--name", "tiny")
     assert result.stderr == "Error: 'tiny' is already in the store; use --force to replace it or --name to rename\n"
     result = cli("pull", "not a model")
-    assert result.stderr == "Error: 'not a model' is not an existing file or directory, nor a hub id (ORG/REPO)\n"
+    assert result.stderr == (
+        "Error: 'not a model' is not an existing file or directory, nor a Hugging Face id (organization/repository, "
+        "like HuggingFaceTB/SmolLM2-135M-Instruct)\n"
+    )
     assert result.exit_code == 1
 
 

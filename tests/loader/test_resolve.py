@@ -70,7 +70,7 @@ def test_unknown_names_suggest_pull_and_close_local_names(hub, tmp_path):
     hub.requests.clear()
     with pytest.raises(ModelNotFoundError) as info:
         resolve_model("tiy")
-    assert str(info.value) == "model 'tiy' not found locally: run `rusteeze pull ORG/tiy`; closest local models: tiny"
+    assert str(info.value) == "model 'tiy' not found locally; did you mean tiny? (`rusteeze list` shows the store)"
     with pytest.raises(ModelNotFoundError) as info:
         resolve_model("acme/smolm")
     assert str(info.value) == (
@@ -78,8 +78,42 @@ def test_unknown_names_suggest_pull_and_close_local_names(hub, tmp_path):
     )
     with pytest.raises(ModelNotFoundError) as info:
         resolve_model("qwen3")
-    assert str(info.value) == "model 'qwen3' not found locally: run `rusteeze pull ORG/qwen3`"
+    assert str(info.value) == (
+        "model 'qwen3' not found locally: it is no file, store name (`rusteeze list`) or cached hub id; get one with "
+        "`rusteeze pull` and a Hugging Face id such as HuggingFaceTB/SmolLM2-135M-Instruct, or a .gguf file"
+    )
+    assert "ORG/" not in str(info.value)
     assert hub.requests == []  # resolution never touches the network
+
+
+def test_store_entries_resolve_by_unique_prefix_or_substring(hub, tmp_path):
+    """`rusteeze chat smollm2` with the entry `SmolLM2-135M-Instruct.Q4_1` used to say `rusteeze pull ORG/smollm2`."""
+    gguf = write_gguf(tmp_path / "a.gguf")
+    entry = ModelStore().import_model(gguf, name="SmolLM2-135M-Instruct.Q4_1")
+    for ref in ("smollm2", "SMOLLM2-135m", "instruct.q4_1"):
+        resolved = resolve_model(ref)
+        assert (resolved.path, resolved.name) == (entry.model_path, "SmolLM2-135M-Instruct.Q4_1")
+    ModelStore().import_model(gguf, name="smollm2-360m:q8")
+    assert resolve_model("smollm2-3").name == "smollm2-360m:q8"
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("smollm2")
+    assert str(info.value) == (
+        "model 'smollm2' matches 2 local models: SmolLM2-135M-Instruct.Q4_1, smollm2-360m:q8; type more of the name"
+    )
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("smolm2")  # a typo: no match, close names
+    assert str(info.value) == (
+        "model 'smolm2' not found locally; did you mean SmolLM2-135M-Instruct.Q4_1 or smollm2-360m:q8? "
+        "(`rusteeze list` shows the store)"
+    )
+
+
+def test_an_exact_cached_hub_id_wins_over_a_store_prefix(hub, tmp_path):
+    hub.add_repo("acme/tiny", tiny_hf_files())
+    hub_pull(HubRef("acme/tiny"), progress=False)
+    ModelStore().import_model(write_gguf(tmp_path / "a.gguf"), name="acme/tiny-gguf")
+    assert resolve_model("acme/tiny").kind == "hf"
+    assert resolve_model("acme/tiny-g").kind == "gguf"
 
 
 def test_pull_model_registers_hub_pulls_and_rm_frees_the_cache(hub):
@@ -120,7 +154,10 @@ def test_store_entry_whose_cache_is_gone(hub):
 def test_default_model_prefers_the_store(hub, tmp_path):
     entry = ModelStore().import_model(write_gguf(tmp_path / "SmolLM2-135M-Instruct.Q8_0.gguf"))
     resolved = resolve_model(None)
-    assert resolved == ResolvedModel(entry.model_path, "gguf", "store entry 'SmolLM2-135M-Instruct.Q8_0'", entry.name)
+    # The name stays the default model's, whichever copy serves it: `rusteeze serve`'s model id does not change.
+    assert resolved == ResolvedModel(
+        entry.model_path, "gguf", "store entry 'SmolLM2-135M-Instruct.Q8_0'", "SmolLM2-135M-Instruct"
+    )
 
 
 def test_default_model_recognises_imports_by_their_source_file(hub, tmp_path):
@@ -148,14 +185,11 @@ def test_default_model_is_pulled_last(hub, no_bundled_gguf):
     )
     hub.add_repo("HuggingFaceTB/SmolLM2-135M-Instruct", tiny_hf_files())
     resolved = resolve_model(None)
-    assert (resolved.kind, resolved.source, resolved.name) == (
-        "hf",
-        "pulled from the hub",
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
-    )
+    assert (resolved.kind, resolved.source, resolved.name) == ("hf", "pulled from the hub", "SmolLM2-135M-Instruct")
     assert (resolved.path / "model.safetensors").is_file()
     hub.requests.clear()
-    assert resolve_model(None).source == "store entry 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+    again = resolve_model(None)
+    assert (again.source, again.name) == ("store entry 'HuggingFaceTB/SmolLM2-135M-Instruct'", "SmolLM2-135M-Instruct")
     assert hub.requests == []
 
 

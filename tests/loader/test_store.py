@@ -8,7 +8,7 @@ from fake_hub import tiny_hf_files, write_gguf, write_hf_dir
 
 from rusteeze.errors import ModelLoadError, ModelNotFoundError, RusteezeError
 from rusteeze.loader.model_info import describe, human_parameters, human_size
-from rusteeze.loader.store import MANIFEST, ModelStore, check_name, default_name, store_root
+from rusteeze.loader.store import MANIFEST, ModelStore, check_name, close_names, default_name, store_root
 
 
 @pytest.fixture
@@ -106,6 +106,37 @@ def test_remove_deletes_the_entry_and_suggests_names_when_unknown(store, tmp_pat
     store.remove("smollm")
     assert not entry.directory.exists()
     assert store.entries() == []
+
+
+def test_matches_by_name_then_prefix_then_substring_case_insensitively(store, tmp_path):
+    gguf = write_gguf(tmp_path / "a.gguf")
+    for name in ("SmolLM2-135M-Instruct.Q4_1", "acme/SmolLM2-360M", "qwen3:q8", "my-qwen3-chat"):
+        store.import_model(gguf, name=name)
+
+    def names(ref):
+        return [e.name for e in store.matches(ref)]
+
+    assert names("qwen3:Q8") == ["qwen3:q8"]  # the name itself
+    assert names("smollm2-135") == ["SmolLM2-135M-Instruct.Q4_1"]  # a unique prefix
+    assert names("smollm2") == ["acme/SmolLM2-360M", "SmolLM2-135M-Instruct.Q4_1"]  # the repo part counts: ambiguous
+    assert names("qwen3") == ["qwen3:q8"]  # a prefix beats a substring
+    assert names("chat") == ["my-qwen3-chat"]  # a unique substring
+    assert names("instruct.q4") == ["SmolLM2-135M-Instruct.Q4_1"]
+    assert names("llama") == []
+    assert store.get("smollm2") is None  # get (imports, rm) stays exact
+
+
+@pytest.mark.parametrize(
+    ("ref", "close"),
+    [
+        ("smolm2", ["acme/SmolLM2-360M", "SmolLM2-135M-Instruct.Q4_1"]),  # a typo of the start of a name
+        ("qwne3:q8", ["qwen3:q8"]),
+        ("mistral", []),
+    ],
+)
+def test_close_names_for_did_you_mean(ref, close):
+    names = ["SmolLM2-135M-Instruct.Q4_1", "acme/SmolLM2-360M", "qwen3:q8", "tiny"]
+    assert close_names(ref, names) == close
 
 
 def test_failed_copy_leaves_nothing_behind(store, tmp_path, monkeypatch):
