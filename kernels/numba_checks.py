@@ -56,7 +56,7 @@ def exp_parts(v):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1.0)
-    return p, (np.int32(n) + np.int32(127)) << np.int32(23)
+    return p, np.int32((n + np.float32(127.0)) * np.float32(8388608.0))  # the bits of 2**n, exactly
 
 
 def array(t: torch.Tensor) -> np.ndarray:
