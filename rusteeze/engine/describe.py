@@ -1,0 +1,61 @@
+"""What a loaded engine runs, in words: the weights' format and the compute path (for `/show` and load lines).
+
+The model's dtype alone says "float32" for a GGUF whose Q4_1 weights load straight into int4
+layers; these say "int4 (group 32) linear layers, int8 embedding" and "float32 activations,
+torch ops with Numba int4/int8 matmuls" instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from torch import nn
+
+
+def weight_format(model: nn.Module) -> str:
+    """The weights as stored: "float32", or e.g. "int4 (group 32) linear layers, int8 embedding, float32 norms"."""
+    from rusteeze.quant.layers import QuantEmbedding, QuantLinear
+
+    linear: Counter[str] = Counter()
+    embedding = None
+    for module in model.modules():
+        if isinstance(module, QuantEmbedding):
+            embedding = "int8 embedding" + (f" (group {module.group_size})" if module.group_size else "")
+        elif isinstance(module, QuantLinear):
+            group = f" (group {module.group_size})" if module.group_size else ""
+            linear[module.method + group] += 1
+    floats = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+    if not linear and embedding is None:
+        return "/".join(floats) or "unknown"
+    parts = [f"{kind} linear layers" for kind, _ in linear.most_common()]
+    parts += [embedding] if embedding else []
+    rest = "norms" if embedding else "embedding and norms"
+    return ", ".join(parts + ([f"{'/'.join(floats)} {rest}"] if floats else []))
+
+
+def compute_path(engine: Any) -> str:
+    """Device, activation dtype and kernels: "cpu, float32 activations, torch ops with Numba int4/int8 matmuls"."""
+    from rusteeze.quant.layers import QuantLinear
+
+    loaded, backend = engine.loaded, engine.config.kernel_backend
+    device = loaded.device
+    if backend == "auto":
+        kernels = "Triton kernels" if device.type == "cuda" else "torch ops"
+    else:
+        kernels = {"triton": "Triton kernels", "numba": "Numba kernels", "torch": "torch ops"}.get(backend, backend)
+    numba = any(isinstance(m, QuantLinear) and m.tiled is not None for m in loaded.model.modules())
+    if numba and backend != "numba":
+        kernels += " with Numba int4/int8 matmuls"
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    return f"{device}, {dtype} activations, {kernels} (kernel backend {backend})"
+
+
+def quantized_as(model: nn.Module) -> str | None:
+    """The format of most quantized linear layers ("int4", "int8"), or None for a float model."""
+    from rusteeze.quant.layers import QuantEmbedding, QuantLinear
+
+    methods = Counter(
+        m.method for m in model.modules() if isinstance(m, QuantLinear) and not isinstance(m, QuantEmbedding)
+    )
+    return methods.most_common(1)[0][0] if methods else None
