@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from rusteeze.commands.common import cli_errors, stderr_console
+from rusteeze.commands.common import cli_errors, stderr_console, stdout_console
 from rusteeze.commands.options import NO_FLAGS, Debug, EngineOptions, Model, engine_options
 from rusteeze.errors import ConfigError
 
@@ -100,7 +99,7 @@ def bench(
                 )
         from rusteeze.bench.report import render
 
-        Console(highlight=False).print(render(result))
+        stdout_console().print(render(result))
         if json_file is not None:
             from rusteeze.bench.metrics import write_json
 

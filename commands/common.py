@@ -39,13 +39,20 @@ Debug = Annotated[
     bool, typer.Option("--debug", help="Show full tracebacks (also RUSTEEZE_DEBUG=1).", envvar="RUSTEEZE_DEBUG")
 ]
 
-_stderr = Console(stderr=True, highlight=False)
+# soft_wrap: a line is never broken at the console's width (80 columns in a pipe or a log), so
+# paths, model names and model text stay whole; terminals wrap long lines themselves.
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 _interrupted = False
 
 
 def stderr_console() -> Console:
-    """The console for messages on stderr (errors, progress, dim status lines)."""
+    """The console for messages on stderr (errors, progress, dim status lines); it never wraps lines."""
     return _stderr
+
+
+def stdout_console() -> Console:
+    """A console for results on stdout (tables, text) that never wraps lines (see `_stderr`)."""
+    return Console(highlight=False, soft_wrap=True)
 
 
 def print_error(message: str) -> None:

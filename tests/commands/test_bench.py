@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,24 @@ def test_console_script_offline_in_a_pipe(tiny_llama_dir):
     assert "\x1b" not in done.stdout + done.stderr  # no colours, no progress bar in a pipe
     assert table_rows(done.stdout)["Requests completed / failed"] == ["4 / 0"]
     assert done.stderr.startswith("Loaded llama from local directory")
+
+
+def test_long_names_and_paths_are_never_wrapped_in_a_pipe(tiny_llama_dir, tmp_path):
+    """Rich broke lines at 80 columns when stdout/stderr were not terminals (a pipe, a log)."""
+    name = "a-tiny-llama-with-a-model-name-much-longer-than-eighty-columns-of-a-pipe-or-a-log-file"
+    model = shutil.copytree(tiny_llama_dir, tmp_path / name)
+    out = tmp_path / ("a-folder-with-a-long-name-" * 4) / "figures.json"
+    out.parent.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [RUSTEEZE, "bench", str(model), *SMALL, *FAST, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"rusteeze bench · offline · {name}" in done.stdout.splitlines()
+    loaded, wrote = done.stderr.splitlines()
+    assert loaded.startswith(f"Loaded {name} from local directory {model} in ") and loaded.endswith(", float32)")
+    assert wrote == f"Wrote {out}"
