@@ -9,11 +9,14 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.status import Status
 from rich.text import Text
 
 from rusteeze.chat_session import ChatSession, MultilineInput
@@ -96,13 +99,19 @@ def chat_settings(table: dict, source: str, **flags: object) -> ChatSettings:
 
 
 def print_reply(session: ChatSession, text: str, stop: threading.Event | None = None) -> None:
-    """Stream the reply to `text` on stdout (plain text), then the notes on stderr."""
+    """Stream the reply to `text` on stdout (plain text), then the notes on stderr.
+
+    A prompt that takes more than a second to read shows a transient progress line on stderr (on a
+    terminal) until the reply's first text.
+    """
     out = sys.stdout
     last = "\n"
-    for delta in session.reply(text, should_stop=stop.is_set if stop else None):
-        out.write(delta)
-        out.flush()
-        last = delta[-1]
+    with PrefillLine(stderr_console()) as prefill:
+        for delta in session.reply(text, should_stop=stop.is_set if stop else None, on_prefill=prefill.update):
+            prefill.stop()
+            out.write(delta)
+            out.flush()
+            last = delta[-1]
     if last != "\n":
         out.write("\n")
         out.flush()
@@ -115,6 +124,60 @@ def print_reply(session: ChatSession, text: str, stop: threading.Event | None = 
         notes.print("(the reply filled the context; /clear starts afresh)", style="dim")
     if stats is not None and session.settings.verbose:
         notes.print(Text(stats.summary(), style="dim"), soft_wrap=True)
+
+
+class PrefillLine:
+    """`⠋ Reading the prompt: 2,048 of 8,000 tokens · 12 s`: a transient line on stderr while a long prompt is read.
+
+    It appears `delay` seconds after the first `update` (a timer, so it shows even while the first
+    chunk is computed), only on a terminal, and goes at `stop` (the first text) or on leaving the block.
+    """
+
+    def __init__(self, console: Console, delay: float = 1.0) -> None:
+        self.console, self.delay = console, delay
+        self.done, self.total, self.start = 0, 0, 0.0
+        self.status: Status | None = None
+        self.timer: threading.Timer | None = None
+        self.stopped = False
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> PrefillLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def update(self, done: int, total: int) -> None:
+        """`done` of `total` prompt tokens are read (ChatSession.reply's on_prefill)."""
+        with self.lock:
+            self.done, self.total = done, total
+            if self.stopped or not self.console.is_terminal:
+                return
+            if self.timer is None:
+                self.start = time.perf_counter()
+                self.timer = threading.Timer(self.delay, self._show)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def stop(self) -> None:
+        """Remove the line (idempotent); later updates show nothing."""
+        with self.lock:
+            self.stopped = True
+            if self.timer is not None:
+                self.timer.cancel()
+            if self.status is not None:
+                self.status.stop()
+                self.status = None
+
+    def _show(self) -> None:
+        with self.lock:
+            if not self.stopped:
+                self.status = self.console.status(self)  # re-rendered on each refresh: the seconds tick
+                self.status.start()
+
+    def __rich__(self) -> Text:
+        seconds = time.perf_counter() - self.start
+        return Text(f"Reading the prompt: {self.done:,} of {self.total:,} tokens · {seconds:.0f} s", style="dim")
 
 
 def repl(session: ChatSession) -> None:

@@ -101,8 +101,17 @@ class ChatSession:
         """Forget the history (the system prompt and settings stay)."""
         self.history.clear()
 
-    def reply(self, text: str, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+    def reply(
+        self,
+        text: str,
+        should_stop: Callable[[], bool] | None = None,
+        on_prefill: Callable[[int, int], None] | None = None,
+    ) -> Iterator[str]:
         """Send a user message and stream the reply's text deltas.
+
+        ``on_prefill(done, total)`` is called before the first engine step and after each step
+        until the first token: ``done`` of the ``total`` prompt tokens are in the KV cache (a long
+        prompt is prefilled in chunks of ``max_num_batched_tokens``), for a progress line.
 
         The user turn and the reply join the history when the reply ends. A reply that is
         stopped — ``should_stop()`` turns true between two engine steps, the caller stops
@@ -128,8 +137,11 @@ class ChatSession:
         parts: list[str] = []
         final = None
         engine.add(request)
+        seq = request.seqs[0]
         try:
             while final is None and rid in engine.requests:
+                if on_prefill is not None and first is None:
+                    on_prefill(min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens)
                 if should_stop is not None and should_stop():
                     break
                 for out in engine.step():

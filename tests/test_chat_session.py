@@ -71,6 +71,18 @@ def test_a_stopped_reply_is_aborted_and_left_out_of_the_history(session, engine)
     assert engine.block_manager.num_free_blocks == free_before
 
 
+def test_on_prefill_reports_a_long_prompt_chunk_by_chunk(tiny_llama_dir):
+    config = EngineConfig(model=str(tiny_llama_dir), kv_cache_memory="8MiB", device="cpu", max_num_batched_tokens=16)
+    session = ChatSession(Engine(config), GREEDY)
+    calls = []
+    reply = "".join(
+        session.reply("The quick brown fox jumps over the lazy dog. " * 4, on_prefill=lambda *a: calls.append(a))
+    )
+    total = session.last_stats.prompt_tokens
+    assert total > 48 and reply
+    assert calls == [(done, total) for done in range(0, total, 16)]  # before each step until the first token
+
+
 def test_leaving_the_stream_early_aborts_the_request(session, engine):
     session.settings = dataclasses.replace(session.settings, max_tokens=200)
     stream = session.reply("Tell me a long story")

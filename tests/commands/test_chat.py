@@ -1,19 +1,26 @@
 """`rusteeze chat`: one-shot replies (CliRunner and the console script) and the REPL in a pseudo-terminal."""
 
+import functools
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
 import pytest
 import torch
+from rich.console import Console
 from tiny_models import build_model_dir
 from typer.testing import CliRunner
 
+from rusteeze.chat_session import ChatSession
+from rusteeze.chat_settings import ChatSettings
+from rusteeze.commands import chat as chat_command
 from rusteeze.commands.chat import PLACEHOLDER
 from rusteeze.commands.main import app
 from rusteeze.config import EngineConfig
@@ -180,6 +187,58 @@ def test_console_script_errors_have_no_traceback_unless_debug():
     )
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "ModelNotFoundError" in debug.stderr
+
+
+# --- the prefill progress line ---------------------------------------------------------------------
+
+
+def terminal() -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=120)
+
+
+def wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_prefill_line_shows_after_its_delay_and_goes_at_the_first_text():
+    console = terminal()
+    line = chat_command.PrefillLine(console, delay=0)
+    line.update(2048, 8000)
+    assert wait_for(lambda: "Reading the prompt: 2,048 of 8,000 tokens" in console.file.getvalue())
+    line.update(4096, 8000)
+    assert wait_for(lambda: "4,096 of 8,000" in console.file.getvalue())
+    line.stop()
+    assert line.status is None
+    line.update(6000, 8000)  # after the first text: nothing
+    assert line.status is None and line.stopped
+
+
+def test_prefill_line_is_silent_when_quick_or_not_a_terminal():
+    quick = terminal()
+    with chat_command.PrefillLine(quick, delay=60) as line:
+        line.update(0, 100)
+    assert quick.file.getvalue() == "" and line.timer.finished.is_set()  # cancelled
+    piped = Console(file=io.StringIO(), force_terminal=False)
+    with chat_command.PrefillLine(piped, delay=0) as line:
+        line.update(0, 100)
+    assert line.timer is None and piped.file.getvalue() == ""
+
+
+def test_print_reply_shows_prefill_progress_on_a_terminal(tiny_llama_dir, monkeypatch, capsys):
+    config = EngineConfig(model=str(tiny_llama_dir), kv_cache_memory="8MiB", device="cpu", max_num_batched_tokens=8)
+    engine = Engine(config)
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.05), step())[1])  # a slow machine
+    console = terminal()
+    monkeypatch.setattr(chat_command, "stderr_console", lambda: console)
+    monkeypatch.setattr(chat_command, "PrefillLine", functools.partial(chat_command.PrefillLine, delay=0))
+    session = ChatSession(engine, ChatSettings(temperature=0, max_tokens=3))
+    chat_command.print_reply(session, "The quick brown fox jumps over the lazy dog. " * 3)
+    assert re.search(r"Reading the prompt: \d+ of \d+ tokens", console.file.getvalue())
+    assert capsys.readouterr().out.endswith("\n")  # the reply, on stdout only
 
 
 # --- the REPL, in a pseudo-terminal, as a user would --------------------------------------------
