@@ -9,6 +9,10 @@ Chat templates render exactly as transformers renders them: the same sandboxed
 jinja2 environment (trim_blocks, lstrip_blocks, loop controls, a `tojson` that
 does not escape HTML, `raise_exception`, `strftime_now`) and the same variables
 (`messages`, `tools`, `documents`, `add_generation_prompt`, the special tokens).
+The sandbox is bounded too: a rendering stops with an error after
+`MAX_RENDERED_CHARS` characters of output or `MAX_TEMPLATE_OPERATIONS`
+operations, and no `*`, `+` or `**` may build a value beyond those bounds, so a
+template (or data fed to it) cannot take the process's memory or a thread forever.
 
 Generation emits text through one :class:`IncrementalDetokenizer` per sequence
 (deltas that never split a UTF-8 character) and, when the request has stop
@@ -18,7 +22,9 @@ strings, one :class:`StopStringMatcher` that holds back a possible stop prefix.
 from __future__ import annotations
 
 import json
+import operator
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -34,6 +40,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from rusteeze.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
 
 __all__ = ["IncrementalDetokenizer", "StopStringMatcher", "Tokenizer", "render_chat_template"]
+
+# Bounds on one chat-template rendering: far beyond what any real template needs for a
+# conversation that fits a context window, small enough that no rendering takes the
+# process's memory or a thread for long.
+MAX_RENDERED_CHARS = 1 << 23  # characters of output (and of any one string or list built)
+MAX_TEMPLATE_OPERATIONS = 2_000_000  # lookups, calls, arithmetic, range items (a few seconds at most)
 
 # Token texts that end a turn in common chat formats. A model's EOS is often
 # `<|endoftext|>` while its chat template closes each turn with `<|im_end|>`,
@@ -223,6 +235,7 @@ class Tokenizer:
     def apply_chat_template(
         self,
         messages: list[dict],
+        /,
         add_generation_prompt: bool = True,
         tools: list[dict] | None = None,
         **kwargs: Any,
@@ -234,13 +247,17 @@ class Tokenizer:
             add_generation_prompt: end with the header of an assistant turn.
             tools: JSON tool schemas, passed through to the template as `tools`.
             **kwargs: more template variables (e.g. `documents`, `enable_thinking`,
-                `chat_template` to render another template string).
+                `chat_template` to render another template string; any name, including
+                `messages` and `tools`, which cannot override the arguments).
 
         Raises:
-            InvalidRequestError: the model has no chat template, the messages are malformed, or
-                the template rejects them (`raise_exception`).
+            InvalidRequestError: the model has no chat template, the messages are malformed, the
+                template rejects them (`raise_exception`) or exceeds the rendering bounds, or a
+                `chat_template` given here does not parse (`param="chat_template"`).
+            UnsupportedModelError: the model's own template does not parse.
         """
         template = kwargs.pop("chat_template", None)
+        given = template is not None
         if template is None:
             if tools and "tool_use" in self.chat_templates:
                 template = self.chat_templates["tool_use"]
@@ -251,6 +268,10 @@ class Tokenizer:
                 "this model has no chat template: send a plain prompt (completions) instead of messages",
                 param="messages",
             )
+        if given and not isinstance(template, str):
+            raise InvalidRequestError(
+                f"chat_template must be a string, got {type(template).__name__}", param="chat_template"
+            )
         variables = {
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
@@ -259,12 +280,21 @@ class Tokenizer:
         }
         variables = {k: v for k, v in variables.items() if v is not None}
         variables.update(kwargs)
-        return render_chat_template(
-            template, messages, add_generation_prompt=add_generation_prompt, tools=tools, **variables
-        )
+        variables.update(add_generation_prompt=add_generation_prompt, tools=tools)
+        try:
+            return render_chat_template(template, messages, **variables)
+        except UnsupportedModelError as e:
+            if given:  # not the model's template: the caller's mistake
+                raise InvalidRequestError(str(e).replace("the model's", "the given"), param="chat_template") from e
+            raise
 
     def encode_chat(
-        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None, **kwargs: Any
+        self,
+        messages: list[dict],
+        /,
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+        **kwargs: Any,
     ) -> list[int]:
         """Render `messages` and encode the result.
 
@@ -341,11 +371,72 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+class _RenderBudgetError(jinja2.exceptions.SecurityError):
+    """A rendering went beyond MAX_RENDERED_CHARS or MAX_TEMPLATE_OPERATIONS."""
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """jinja's immutable sandbox, counting operations and refusing oversized values.
+
+    Every lookup, call, intercepted operator and ``range`` item of the rendering on this
+    thread counts against its budget (``_budget.left``, set by :func:`render_chat_template`).
+    Loops over the data itself (``messages``) are not counted: they are as long as the request.
+    """
+
+    intercepted_binops = frozenset({"*", "+", "**"})
+    _budget = threading.local()
+
+    @staticmethod
+    def _tick() -> None:
+        budget = _BoundedSandbox._budget
+        left = getattr(budget, "left", None)
+        if left is None:
+            return
+        if left <= 0:
+            raise _RenderBudgetError(f"the chat template did more than {MAX_TEMPLATE_OPERATIONS} operations")
+        budget.left = left - 1
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        self._tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        self._tick()
+        return super().getitem(obj, argument)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        __self._tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, op: str, left: Any, right: Any) -> Any:
+        self._tick()
+        size = None
+        sized = (str, list, tuple)
+        if op == "*" and isinstance(left, sized) and isinstance(right, int):
+            size = len(left) * right
+        elif op == "*" and isinstance(right, sized) and isinstance(left, int):
+            size = len(right) * left
+        elif op == "+" and isinstance(left, sized) and isinstance(right, sized):
+            size = len(left) + len(right)
+        elif op == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+            size = abs(left).bit_length() * right // 4  # about the decimal digits of the result
+        if size is not None and size > MAX_RENDERED_CHARS:
+            raise _RenderBudgetError(f"the chat template built a value larger than {MAX_RENDERED_CHARS} items")
+        return {"*": operator.mul, "+": operator.add, "**": operator.pow}[op](left, right)
+
+
+def _counted_range(*args: int) -> Iterable[int]:
+    """The sandbox's ``range`` (at most ``MAX_RANGE`` items), each item counting as an operation."""
+    tick = _BoundedSandbox._tick
+    for i in jinja2.sandbox.safe_range(*args):
+        tick()
+        yield i
+
+
 @lru_cache(maxsize=32)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
-    )
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.globals["range"] = _counted_range
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -375,6 +466,7 @@ def _normalize_messages(messages: Any) -> list[dict]:
 def render_chat_template(
     template: str,
     messages: list[dict],
+    /,
     *,
     add_generation_prompt: bool = True,
     tools: list[dict] | None = None,
@@ -383,23 +475,40 @@ def render_chat_template(
 ) -> str:
     """Render one jinja2 chat template (see :meth:`Tokenizer.apply_chat_template`).
 
+    Rendering is sandboxed and bounded: at most ``MAX_RENDERED_CHARS`` characters of output
+    and ``MAX_TEMPLATE_OPERATIONS`` operations.
+
     Raises:
         UnsupportedModelError: the template does not parse.
-        InvalidRequestError: the template fails on these messages or calls `raise_exception`.
+        InvalidRequestError: the template fails on these messages, calls `raise_exception`,
+            touches what the sandbox forbids, or exceeds the bounds.
     """
     compiled = _compile(template)
+    context = {
+        **variables,
+        "messages": _normalize_messages(messages),
+        "tools": tools,
+        "documents": documents,
+        "add_generation_prompt": add_generation_prompt,
+    }
+    budget = _BoundedSandbox._budget
+    budget.left = MAX_TEMPLATE_OPERATIONS
+    parts, size = [], 0
     try:
-        return compiled.render(
-            messages=_normalize_messages(messages),
-            tools=tools,
-            documents=documents,
-            add_generation_prompt=add_generation_prompt,
-            **variables,
-        )
+        for part in compiled.generate(context):
+            size += len(part)
+            if size > MAX_RENDERED_CHARS:
+                raise _RenderBudgetError(f"the chat template rendered more than {MAX_RENDERED_CHARS} characters")
+            parts.append(part)
     except InvalidRequestError:
         raise
-    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError) as e:
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as e:
         raise InvalidRequestError(f"chat template failed on these messages: {e}", param="messages") from e
+    except (MemoryError, OverflowError) as e:  # a value too big to build, by a way the sandbox does not count
+        raise InvalidRequestError(f"chat template failed on these messages: {e!r}", param="messages") from e
+    finally:
+        budget.left = None
+    return "".join(parts)
 
 
 # ------------------------------------------------------------ detokenizing

@@ -115,8 +115,12 @@ def test_raise_exception_is_an_invalid_request(smollm2_tokenizer):
 
 
 def test_template_errors_are_typed(smollm2_tokenizer):
-    with pytest.raises(UnsupportedModelError, match="does not parse"):
+    broken = Tokenizer(smollm2_tokenizer.backend, chat_template="{% for m in messages %}")
+    with pytest.raises(UnsupportedModelError, match="model's chat template does not parse"):
+        broken.apply_chat_template([])
+    with pytest.raises(InvalidRequestError, match="given chat template does not parse") as e:  # the caller's
         smollm2_tokenizer.apply_chat_template([], chat_template="{% for m in messages %}")
+    assert e.value.param == "chat_template"
     with pytest.raises(InvalidRequestError, match="chat template failed"):  # the sandbox blocks internals
         smollm2_tokenizer.apply_chat_template([], chat_template="{{ messages.__class__.__mro__ }}")
     with pytest.raises(InvalidRequestError, match="chat template failed"):
@@ -127,6 +131,35 @@ def test_template_errors_are_typed(smollm2_tokenizer):
         smollm2_tokenizer.apply_chat_template([{"role": "user", "content": "x"}, "oops"])
     with pytest.raises(InvalidRequestError, match="must be a list"):
         smollm2_tokenizer.apply_chat_template("hello")
+
+
+def test_rendering_is_bounded(monkeypatch):
+    import rusteeze.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "MAX_RENDERED_CHARS", 1000)
+    monkeypatch.setattr(tokenizer_module, "MAX_TEMPLATE_OPERATIONS", 5000)
+    assert render_chat_template("{% for i in range(99) %}{{ 'y' * 10 }}{% endfor %}", []) == "y" * 990
+    cases = {
+        "{% for i in range(100000) %}{{ 'y' * 10 }}{% endfor %}": "rendered more than 1000 characters",
+        "{{ ('x' * 10**12) | length }}": "larger than 1000",  # refused before allocating a terabyte
+        "{{ ([1] * 10**12) | length }}": "larger than 1000",
+        "{% set s = 'x' * 999 %}{{ (s + s) | length }}": "larger than 1000",
+        "{{ 7 ** (10 ** 12) }}": "larger than 1000",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}": "more than 5000 operations",
+        "{{ ''.__class__.__mro__ }}": "unsafe",
+    }
+    for template, message in cases.items():
+        with pytest.raises(InvalidRequestError, match=message) as e:
+            render_chat_template(template, [{"role": "user", "content": "hi"}])
+        assert e.value.param == "messages"
+
+
+def test_template_variables_named_like_arguments_are_plain_variables(smollm2_tokenizer):
+    template = "{{ template }}|{{ messages | length }}|{{ add_generation_prompt }}"  # `self` is jinja's own
+    kwargs = {"self": "S", "template": "T", "messages": "ignored", "chat_template": template}
+    out = smollm2_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], **kwargs)
+    assert out == "T|1|True"
+    assert smollm2_tokenizer.encode_chat([{"role": "user", "content": "hi"}], **kwargs)
 
 
 def test_no_chat_template_is_a_clear_error(smollm2_tokenizer):
