@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 HIDDEN, HQ, HK, HEAD_DIM, INTER, BLOCK = 576, 9, 3, 64, 1536, 16
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -39,15 +40,17 @@ def cpu_line() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs; flags: {' '.join(f for f in FLAGS if f in flags) or 'none'}"
 
 
-def best_us(fn: Callable[[], object], calls: int, rounds: int = 9) -> float:
+def best_us(
+    fn: Callable[[], object], calls: int, rounds: int = 9, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Best mean µs per call over ``rounds`` rounds of ``calls`` calls (a warm-up call first)."""
     fn()
     best = float("inf")
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(calls):
             fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
+        best = min(best, (clock() - t0) / calls)
     return best * 1e6
 
 
@@ -90,6 +93,28 @@ def cases(batch: int, ctx: int, prefill: bool, torch):
     lens = torch.full((batch,), ctx, dtype=torch.int32)
     scale = HEAD_DIM**-0.5
     n = 200 if batch == 1 else 50
+    # A model forward runs the torch ops inside its step's plan (index work done once for all
+    # layers); time them the same way. Older torch_ops without StepPlan memoize by themselves.
+    step_plan = getattr(torch_ops, "StepPlan", None)
+    if step_plan is not None:
+        plan = step_plan(cu, lens, slots, tables)
+        torch_attention = torch_ops.paged_attention
+
+        def in_plan(fn):
+            def call(*args):
+                with plan.active():
+                    return fn(*args)
+
+            return call
+
+        torch_ops = SimpleNamespace(
+            rms_norm=torch_ops.rms_norm,
+            fused_add_rms_norm=torch_ops.fused_add_rms_norm,
+            silu_and_mul=torch_ops.silu_and_mul,
+            rotary_embedding=in_plan(torch_ops.rotary_embedding),
+            store_kv=in_plan(torch_ops.store_kv),
+            paged_attention=in_plan(torch_attention),
+        )
     rows = [
         ("rms_norm", lambda: torch_ops.rms_norm(x, w, 1e-5), lambda: numba_ops.rms_norm(x, w, 1e-5), n),
         (
@@ -170,6 +195,12 @@ def main() -> int:
     parser.add_argument("--only", help="run only rows whose name contains this")
     parser.add_argument("--prefill", action="store_true", help="also time prefill attention (batch 1)")
     parser.add_argument("--overhead", action="store_true", help="time the per-call overhead only")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "thread"),
+        default="wall",
+        help="wall time, or the calling thread's CPU time (robust on a shared machine; 1 thread only)",
+    )
     args = parser.parse_args()
 
     import numba
@@ -179,7 +210,10 @@ def main() -> int:
     if args.overhead:
         overhead(torch)
         return 0
-    print(f"torch {torch.__version__}, numba {numba.__version__}; µs per call (best of 9 rounds)")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    if args.clock == "thread" and args.threads != [1]:
+        parser.error("--clock thread counts only the calling thread: use it with --threads 1")
+    print(f"torch {torch.__version__}, numba {numba.__version__}; µs per call, {args.clock} clock, best of 9 rounds")
     print("| op | batch | threads | torch µs | numba µs | speedup |")
     print("|---|---|---|---|---|---|")
     for batch in args.batch:
@@ -190,7 +224,7 @@ def main() -> int:
             for name, torch_fn, numba_fn, calls in rows:
                 if args.only and args.only not in name:
                     continue
-                t_us, n_us = best_us(torch_fn, calls), best_us(numba_fn, calls)
+                t_us, n_us = best_us(torch_fn, calls, clock=clock), best_us(numba_fn, calls, clock=clock)
                 print(f"| {name} | {batch} | {threads} | {t_us:.1f} | {n_us:.1f} | {t_us / n_us:.2f}x |", flush=True)
     return 0
 
