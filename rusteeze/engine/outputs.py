@@ -24,6 +24,10 @@ class Logprob:
 class CompletionOutput:
     """One of a request's ``n`` completions, as of the latest step.
 
+    Nothing here is copied per step: ``token_ids`` and ``logprobs`` are the completion's own
+    lists, which later outputs of the same request extend. A finished output's lists never
+    change again; to keep a snapshot of an unfinished one, copy them (``list(c.token_ids)``).
+
     Attributes:
         index: which completion (0 .. n-1).
         text: all text generated so far (stop strings cut off).
@@ -33,8 +37,9 @@ class CompletionOutput:
         logprobs: per generated token, ``{token_id: Logprob}`` with the sampled
             token and the top alternatives; None unless asked for.
         cumulative_logprob: sum of the sampled tokens' logprobs (None unless asked).
-        delta_text: the text this step added (what a stream sends).
-        delta_token_ids: the token ids this step added.
+        delta_text: the text added since the previous output (what a stream sends).
+        delta_token_ids: the token ids added since the previous output.
+        delta_logprobs: the logprobs of ``delta_token_ids`` (None unless asked).
     """
 
     index: int
@@ -46,6 +51,7 @@ class CompletionOutput:
     cumulative_logprob: float | None = None
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
+    delta_logprobs: list[dict[int, Logprob]] | None = None
 
     @property
     def finished(self) -> bool:

@@ -12,7 +12,13 @@ from rusteeze.tokenizer import IncrementalDetokenizer, StopStringMatcher, Tokeni
 
 
 class _Completion:
-    """Text state of one sequence: detokenizer, stop-string matcher, emitted text."""
+    """Text and token state of one sequence, kept incrementally.
+
+    Invariant: every step adds O(new tokens) of work. ``token_ids`` and ``logprobs`` only
+    grow (outputs hand them out without copying), the cumulative logprob is a running sum,
+    and the text is kept as parts joined when asked for. Everything from ``delta_start`` on
+    (and ``delta_text``) is new since the previous output.
+    """
 
     def __init__(self, seq: Sequence, tokenizer: Tokenizer) -> None:
         self.seq = seq
@@ -20,12 +26,25 @@ class _Completion:
             tokenizer, seq.token_ids[: seq.num_prompt_tokens], seq.params.skip_special_tokens
         )
         self.matcher = StopStringMatcher(seq.params.stop_strings)
-        self.text = ""
+        self._parts: list[str] = []
         self.delta_text = ""
-        self.delta_token_ids: list[int] = []
+        self.delta_start = 0  # token_ids[delta_start:] are new since the previous output
         self.stop_reason: str | int | None = None
-        self.num_seen = 0  # output tokens already turned into text
-        self.logprobs: list[dict[int, Logprob] | None] = []  # converted seq.logprobs, grown as they come
+        self.token_ids: list[int] = []  # generated ids
+        self.logprobs: list[dict[int, Logprob]] | None = [] if seq.logprobs is not None else None
+        self.cumulative_logprob: float | None = 0.0 if seq.logprobs is not None else None
+
+    @property
+    def text(self) -> str:
+        """All text emitted so far."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def emit(self, text: str) -> None:
+        if text:
+            self._parts.append(text)
+            self.delta_text += text
 
 
 class Request:
@@ -39,6 +58,12 @@ class Request:
         seqs: its ``params.n`` sequences (index order).
         tokenizer: for text deltas and logprob token strings.
         arrival_time: ``time.time()`` when added.
+
+    Attributes:
+        output_deltas: when True (``AsyncEngine`` sets it before the request runs), outputs
+            carry only what is new (``text``, ``token_ids`` and ``logprobs`` equal the delta
+            fields) and the reader rebuilds the rest, so no list is shared between the engine
+            thread and the reader.
     """
 
     def __init__(
@@ -61,6 +86,8 @@ class Request:
         self.arrival_time = arrival_time
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
+        self.output_deltas = False
+        self._prompt_lps: list[dict[int, Logprob] | None] | None = None  # replaced (not grown) when it grows
 
     @property
     def finished(self) -> bool:
@@ -75,12 +102,14 @@ class Request:
         """
         if self.first_token_time is None:
             self.first_token_time = time.time()
+        c = self.completions[seq.index]
+        new = seq.token_ids[seq.num_prompt_tokens + len(c.token_ids) :]
+        c.token_ids += new
         if seq.logprobs is not None and logprobs is not None:
             seq.logprobs.append(logprobs)
-        c = self.completions[seq.index]
-        new = seq.output_token_ids[c.num_seen :]
-        c.num_seen = seq.num_output_tokens
-        c.delta_token_ids += new
+            entry = self._logprob_entry(logprobs)
+            c.logprobs.append(entry)
+            c.cumulative_logprob += entry[new[-1]].logprob
         # The token that ended the completion by id (EOS / stop id) is kept in
         # token_ids but not in the text, as in vLLM.
         if seq.finish_reason == "stop":
@@ -93,8 +122,7 @@ class Request:
             c.stop_reason = c.matcher.matched
             if seq.params.include_stop_str_in_output and c.matcher.matched:
                 emit += c.matcher.matched
-        c.text += emit
-        c.delta_text += emit
+        c.emit(emit)
         return stopped and seq.finish_reason is None
 
     @staticmethod
@@ -108,44 +136,50 @@ class Request:
         if self.finish_time is None:
             self.finish_time = time.time()
 
-    def _logprobs(self, entries: list[Logprobs | None]) -> list[dict[int, Logprob] | None]:
+    def _logprob_entry(self, entry: Logprobs) -> dict[int, Logprob]:
         tok = self.tokenizer
-        return [
-            None if e is None else {t: Logprob(lp, rank, tok.token_to_str(t)) for t, (lp, rank) in e.items()}
-            for e in entries
-        ]
+        return {t: Logprob(lp, rank, tok.token_to_str(t)) for t, (lp, rank) in entry.items()}
+
+    def _prompt_logprobs(self) -> list[dict[int, Logprob] | None] | None:
+        """The prompt logprobs converted so far; a new list only when more prompt tokens were scored."""
+        raw = self.seqs[0].prompt_logprobs
+        if raw is None:
+            return None
+        have = self._prompt_lps or []
+        if len(have) < len(raw):
+            more = [None if e is None else self._logprob_entry(e) for e in raw[len(have) :]]
+            self._prompt_lps = have + more
+        return self._prompt_lps
 
     def make_output(self) -> RequestOutput:
-        """Snapshot of the request; resets the per-step deltas."""
+        """The request's output as of now (O(new tokens): nothing is copied); resets the deltas."""
         outputs = []
+        whole = not self.output_deltas
         for c in self.completions:
             seq = c.seq
-            lps = cum = None
-            if seq.logprobs is not None:
-                c.logprobs += self._logprobs(seq.logprobs[len(c.logprobs) :])
-                lps = list(c.logprobs)
-                cum = sum(e[t][0] for e, t in zip(seq.logprobs, seq.output_token_ids, strict=False))
+            delta_ids = c.token_ids[c.delta_start :]
+            delta_lps = None if c.logprobs is None else c.logprobs[c.delta_start :]
             outputs.append(
                 CompletionOutput(
                     index=seq.index,
-                    text=c.text,
-                    token_ids=seq.output_token_ids,
+                    text=c.text if whole else c.delta_text,
+                    token_ids=c.token_ids if whole else delta_ids,
                     finish_reason=seq.finish_reason,
                     stop_reason=c.stop_reason,
-                    logprobs=lps,
-                    cumulative_logprob=cum,
+                    logprobs=c.logprobs if whole else delta_lps,
+                    cumulative_logprob=c.cumulative_logprob,
                     delta_text=c.delta_text,
-                    delta_token_ids=c.delta_token_ids,
+                    delta_token_ids=delta_ids,
+                    delta_logprobs=delta_lps,
                 )
             )
-            c.delta_text, c.delta_token_ids = "", []
+            c.delta_text, c.delta_start = "", len(c.token_ids)
         first = self.seqs[0]
-        prompt_lps = None if first.prompt_logprobs is None else self._logprobs(first.prompt_logprobs)
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt,
             prompt_token_ids=self.prompt_token_ids,
-            prompt_logprobs=prompt_lps,
+            prompt_logprobs=self._prompt_logprobs(),
             outputs=outputs,
             finished=self.finished,
             usage=Usage(
