@@ -22,6 +22,11 @@ def rm(
         entry = store.require(name)
         where = "the Hugging Face cache" if entry.repo_id else "the store"
         if not yes:
-            typer.confirm(f"Delete {entry.name} ({human_size(entry.size_on_disk())}) from {where}?", abort=True)
+            try:
+                typer.confirm(f"Delete {entry.name} ({human_size(entry.size_on_disk())}) from {where}?", abort=True)
+            except typer.Abort as e:
+                if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C at the question: 130, like anywhere
+                    raise KeyboardInterrupt from None
+                raise
         store.remove(entry.name)
         typer.echo(f"Deleted {entry.name}")

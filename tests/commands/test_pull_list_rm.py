@@ -1,5 +1,6 @@
 """`rusteeze pull | list | rm`, through Typer's CliRunner and through the installed console script."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,24 @@ def test_usage_errors_exit_2(hub):
 
 
 # --- the installed console script ----------------------------------------------------------------
+
+
+def test_ctrl_c_at_the_rm_question_deletes_nothing_and_exits_130(hub, tmp_path):
+    import os
+
+    import pexpect
+
+    assert cli("pull", str(write_gguf(tmp_path / "tiny.Q8_0.gguf"))).exit_code == 0
+    child = pexpect.spawn(RUSTEEZE, ["rm", "tiny.Q8_0"], env=dict(os.environ), encoding="utf-8", timeout=60)
+    child.expect_exact("[y/N]: ")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", child.before).replace("\r", "").replace("^C", "")
+    assert shown.strip().splitlines()[-1] == "Interrupted."
+    assert "Traceback" not in child.before and "Aborted" not in child.before
+    assert [e for e in cli("list").stdout.splitlines() if e.startswith("tiny.Q8_0")]
 
 
 def test_script_pull_list_rm(hub, tmp_path):
