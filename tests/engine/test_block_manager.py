@@ -1,8 +1,12 @@
 """BlockManager: allocation, prefix hits and misses, eviction order, ref counts, window release."""
 
+import pytest
+import torch
 from engine_fakes import assert_all_free, make_seq
 
+from rusteeze import SamplingParams
 from rusteeze.engine.block_manager import NO_PARENT, NULL_BLOCK, BlockManager, default_hash
+from rusteeze.engine.engine import EngineStepError
 
 
 def computed(bm: BlockManager, seq, cached=()):
@@ -223,3 +227,23 @@ def test_poison_records_fresh_and_uncached_freed_blocks_never_cache_hits():
     w.release_out_of_window(s)
     assert w.take_poisoned() == [0]  # released by the window
     assert not BlockManager(num_blocks=2, block_size=4, poison=False).take_poisoned()
+
+
+def test_poisoned_engine_fills_the_cache_with_nan_and_catches_a_stray_read(make_engine):
+    engine = make_engine("llama", enable_prefix_caching=False)
+    bm, k_cache = engine.block_manager, engine.runner.kv_caches[0][0]
+    assert engine.runner.poison and k_cache.shape[0] == bm.num_blocks + 1 and k_cache.isnan().all()
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    engine.add_request(list(range(3, 13)), params)
+    while engine.has_unfinished_requests():
+        engine.step()
+    used = [b for b in range(bm.num_blocks) if not k_cache[b].isnan().all()]
+    assert used and bm.take_poisoned()  # freed blocks wait for the next step's fill
+    engine.add_request(list(range(3, 13)), params, request_id="stray")
+    engine.step()  # the prompt is in the cache; the first run's other blocks are NaN again
+    seq = engine.requests["stray"].seqs[0]
+    assert all(torch.isnan(k_cache[b]).all() for b in used if b not in seq.block_table)
+    bm._poisoned.append(seq.block_table[0])  # as if its first block had never been written
+    with pytest.raises(EngineStepError, match="poisoned KV read"):
+        engine.step()
+    assert bm.num_free_blocks == bm.num_blocks
