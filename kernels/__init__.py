@@ -2,7 +2,9 @@
 
 Use :func:`get_ops` to obtain a namespace of ops for a backend:
 
-* ``"auto"``: Triton for CUDA tensors, torch otherwise (decided per call);
+* ``"auto"``: Triton for CUDA tensors, torch otherwise (decided per call); the
+  loader never passes it: :func:`resolve_backend` turns it into Triton on CUDA
+  and Numba on CPU, once, when the model is loaded;
 * ``"torch"``: always torch;
 * ``"triton"``: always Triton; on CPU tensors this needs ``TRITON_INTERPRET=1``
   set before ``triton`` is first imported (that is how the tests run it);
@@ -15,6 +17,7 @@ is loaded the first time a Triton op is actually called, the Numba module by
 """
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -74,6 +77,32 @@ def _auto(name: str) -> Callable:
 
     call.__name__ = name
     return call
+
+
+def resolve_backend(backend: str, device_type: str) -> str:
+    """The concrete backend a model on ``device_type`` ("cpu" or "cuda") runs: chosen once, at load.
+
+    "auto" is Triton on CUDA and Numba on CPU. Triton on CPU tensors runs only
+    under ``TRITON_INTERPRET=1`` (the tests); Numba only on CPU tensors.
+
+    Raises:
+        KernelError: an unknown name, or a backend this device cannot run (naming the flag).
+    """
+    if backend not in BACKENDS:
+        raise KernelError(f"unknown kernel backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if device_type == "cuda" else "numba"
+    if backend == "triton" and device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise KernelError(
+            "--kernel-backend triton needs a CUDA device, and this model runs on the CPU; "
+            "use --kernel-backend auto (Numba on CPU) or torch"
+        )
+    if backend == "numba" and device_type != "cpu":
+        raise KernelError(
+            f"--kernel-backend numba runs on the CPU only, and this model runs on {device_type}; "
+            "use --kernel-backend auto (Triton on CUDA) or torch"
+        )
+    return backend
 
 
 def get_ops(backend: str = "auto") -> Ops:

@@ -8,10 +8,15 @@ Importing this module imports numba (no compilation: kernels compile, or load
 from numba's cache, on first use; :func:`warm_up` does that for all of them).
 """
 
+import os
+import sys
 import time
+from types import ModuleType
 
 import torch
+from numba.core.registry import CPUDispatcher
 
+from rusteeze.kernels import numba_activation, numba_attention, numba_norm, numba_quant_matmul, numba_rotary_kv
 from rusteeze.kernels.numba_activation import silu_and_mul
 from rusteeze.kernels.numba_attention import paged_attention
 from rusteeze.kernels.numba_norm import fused_add_rms_norm, rms_norm
@@ -19,7 +24,9 @@ from rusteeze.kernels.numba_rotary_kv import rotary_embedding, rotary_store_kv, 
 
 __all__ = [
     "fused_add_rms_norm",
+    "kernels_cached",
     "paged_attention",
+    "prepare",
     "rms_norm",
     "rotary_embedding",
     "rotary_store_kv",
@@ -27,6 +34,43 @@ __all__ = [
     "store_kv",
     "warm_up",
 ]
+
+KERNEL_MODULES: tuple[ModuleType, ...] = (
+    numba_norm,
+    numba_activation,
+    numba_rotary_kv,
+    numba_attention,
+    numba_quant_matmul,
+)
+
+
+def _dispatchers() -> list[CPUDispatcher]:
+    """The kernels each module defines (helpers imported from elsewhere and only inlined have no cache entry)."""
+    return [
+        f
+        for m in KERNEL_MODULES
+        for f in vars(m).values()
+        if isinstance(f, CPUDispatcher) and f.py_func.__module__ == m.__name__
+    ]
+
+
+def kernels_cached() -> bool:
+    """Whether every kernel has an entry in Numba's on-disk cache (False when that cannot be told)."""
+    try:
+        return all(os.path.exists(f._cache._cache_file._index_path) for f in _dispatchers())
+    except AttributeError:  # a Numba whose cache internals differ: assume a compile is coming
+        return False
+
+
+def prepare() -> float:
+    """Load (or, the first time on this machine, compile) every kernel, saying so when it compiles.
+
+    Returns:
+        Seconds it took.
+    """
+    if not kernels_cached():
+        print("compiling CPU kernels for this machine (first run only) …", file=sys.stderr, flush=True)
+    return warm_up()
 
 
 def warm_up() -> float:
@@ -56,4 +100,11 @@ def warm_up() -> float:
     lens = torch.tensor([2], dtype=torch.int32)
     tables = torch.tensor([[0]], dtype=torch.int32)
     paged_attention(q, k_cache, v_cache, cu, lens, tables, 0.5)
+    packed, scales = torch.zeros(2, 4, dtype=torch.uint8), torch.ones(2, 1)
+    int4 = numba_quant_matmul.repack_int4(packed, scales, scales)
+    numba_quant_matmul.int4_matmul(x, *int4, 2)
+    numba_quant_matmul.dequantize_int4_t(*int4, 2)
+    int8 = numba_quant_matmul.repack_int8(torch.zeros(2, 8, dtype=torch.int8), scales)
+    numba_quant_matmul.int8_matmul(x, *int8, 2)
+    numba_quant_matmul.dequantize_int8_t(*int8, 2)
     return time.perf_counter() - t0

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from rusteeze.config import EngineConfig
-from rusteeze.errors import ModelNotFoundError
-from rusteeze.kernels import get_ops
+from rusteeze.errors import ConfigError, ModelNotFoundError
+from rusteeze.kernels import get_ops, resolve_backend
 from rusteeze.loader.gguf_loader import iter_gguf_tensors, model_config_from_gguf, open_gguf
 from rusteeze.loader.hf_config import generation_defaults, model_config_from_hf, read_json
 from rusteeze.loader.safetensors_loader import iter_safetensors, safetensors_files
@@ -38,6 +38,7 @@ class LoadedModel:
         dtype: the weights' dtype.
         device: where the weights live.
         load_seconds: wall time of the load.
+        kernel_backend: the backend the model runs ("triton", "numba" or "torch"; never "auto").
     """
 
     model: nn.Module
@@ -48,12 +49,15 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     load_seconds: float = field(default=0.0)
+    kernel_backend: str = "torch"
 
 
 def resolve_device(name: str) -> torch.device:
     """ "auto" → CUDA when available, else CPU; anything else as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this torch build sees no CUDA device; use --device cpu (or auto)")
     return torch.device(name)
 
 
@@ -98,11 +102,14 @@ def load_model_from_path(
     Raises:
         ModelNotFoundError: the path does not exist or holds no model.
         ModelLoadError / UnsupportedModelError: see the loaders.
+        KernelError: a kernel backend this device cannot run.
+        ConfigError: a CUDA device asked of a torch build without CUDA.
     """
     start = time.perf_counter()
     path = Path(path)
     plan = None
     dev = resolve_device(device)
+    backend = resolve_backend(kernel_backend, dev.type)  # the one place the kernels are chosen
     if path.is_file() and path.suffix == ".gguf":
         reader = open_gguf(path)
         cfg = model_config_from_gguf(reader, path)
@@ -115,7 +122,7 @@ def load_model_from_path(
             from rusteeze.quant.gguf_direct import gguf_plan, iter_gguf_quantized
 
             # Group-32 int8 (exact Q8_0) where the CPU kernels will run; the Triton kernel takes one scale per row.
-            plan = gguf_plan(reader, 32 if dev.type == "cpu" and kernel_backend != "triton" else None)
+            plan = gguf_plan(reader, None if backend == "triton" else 32)
             weights = iter_gguf_quantized(reader, cfg, path, plan)
     elif path.is_dir() and (path / "config.json").exists():
         cfg = model_config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
@@ -126,10 +133,14 @@ def load_model_from_path(
     else:
         raise ModelNotFoundError(f"{path} is neither a .gguf file nor a directory with config.json")
     torch_dtype = resolve_dtype(dtype, dev, cfg.torch_dtype)
-    model = build_model(cfg, get_ops(kernel_backend), torch_dtype, dev, max_positions=max_model_len, quant_plan=plan)
+    model = build_model(cfg, get_ops(backend), torch_dtype, dev, max_positions=max_model_len, quant_plan=plan)
     load_weights(model, weights)
     if plan:
-        prepare_quantized(model, kernel_backend)
+        prepare_quantized(model, backend)
+    if backend == "numba":
+        from rusteeze.kernels import numba_ops
+
+        numba_ops.prepare()
     release_freed_memory()
     return LoadedModel(
         model=model,
@@ -140,6 +151,7 @@ def load_model_from_path(
         dtype=torch_dtype,
         device=dev,
         load_seconds=time.perf_counter() - start,
+        kernel_backend=backend,
     )
 
 

@@ -74,9 +74,12 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(t, self.num_heads, self.head_dim)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(t, self.num_kv_heads, self.head_dim)
-        self.ops.rotary_embedding(positions, q, k, rope, True)
         k_cache, v_cache = kv_cache
-        self.ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if self.ops.rotary_store_kv is not None:  # one pass where the backend has it (Numba)
+            self.ops.rotary_store_kv(positions, q, k, v, rope, k_cache, v_cache, meta.slot_mapping, True)
+        else:
+            self.ops.rotary_embedding(positions, q, k, rope, True)
+            self.ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = self.ops.paged_attention(
             q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, self.scale, self.sliding_window
         )  # [T, Hq, D]

@@ -110,11 +110,11 @@ def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
 
 
 def prepare_quantized(model: nn.Module, kernel_backend: str) -> None:
-    """After loading: move CPU quantized layers onto the Numba kernels (backends "auto" and "numba").
+    """After loading: move CPU quantized layers onto the Numba kernels (the "numba" backend).
 
-    The "torch" backend keeps the checkpoint layout and the torch reference ops.
+    Other backends keep the checkpoint layout (the torch reference ops, Triton).
     """
-    if kernel_backend not in ("auto", "numba"):
+    if kernel_backend != "numba":
         return
     for module in model.modules():
         if isinstance(module, QuantLinear) and next(module.buffers()).device.type == "cpu":

@@ -1,5 +1,6 @@
 """Backend dispatch: lazy Triton import, per-device choice, clear errors."""
 
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,43 @@ def test_triton_on_cpu_without_interpreter_is_a_kernel_error(monkeypatch):
 def test_unknown_backend_is_a_kernel_error():
     with pytest.raises(KernelError, match="unknown kernel backend 'cuda'"):
         get_ops("cuda")
+
+
+def test_auto_resolves_once_to_triton_on_cuda_and_numba_on_cpu():
+    from rusteeze.kernels import resolve_backend
+
+    assert resolve_backend("auto", "cuda") == "triton"
+    assert resolve_backend("auto", "cpu") == "numba"
+    assert resolve_backend("torch", "cpu") == resolve_backend("torch", "cuda") == "torch"
+
+
+def test_a_backend_the_device_cannot_run_is_a_start_up_error_naming_the_flag(monkeypatch):
+    from rusteeze.kernels import resolve_backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(KernelError, match="--kernel-backend triton needs a CUDA device"):
+        resolve_backend("triton", "cpu")
+    with pytest.raises(KernelError, match="--kernel-backend numba runs on the CPU only"):
+        resolve_backend("numba", "cuda")
+    with pytest.raises(KernelError, match="unknown kernel backend 'cuda'"):
+        resolve_backend("cuda", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the tests' interpreter mode runs Triton on CPU tensors
+    assert resolve_backend("triton", "cpu") == "triton"
+
+
+def test_loading_on_cpu_with_auto_runs_the_numba_backend(tiny_model_dirs):
+    from rusteeze.loader.model_loader import load_model_from_path
+
+    loaded = load_model_from_path(tiny_model_dirs["llama"], device="cpu")
+    assert loaded.kernel_backend == "numba"
+    assert loaded.model.layers[0].self_attn.ops.rotary_store_kv is not None
+
+
+def test_first_load_says_it_compiles_and_later_loads_do_not(tmp_path):
+    """The first-run line appears only while Numba's cache lacks the kernels (a fresh NUMBA_CACHE_DIR)."""
+    code = "from rusteeze.kernels import numba_ops; numba_ops.prepare()"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "compiling CPU kernels for this machine (first run only)" in first.stderr
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "compiling" not in again.stderr
