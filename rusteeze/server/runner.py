@@ -37,7 +37,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         ServerStartError: the port is in use or the address cannot be bound, in one line.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio turns Nagle's algorithm off only on accepted sockets whose
+    # proto is IPPROTO_TCP; with proto 0 every response's body (and every SSE event) waited
+    # for the ACK of the previous write, 40 ms with delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         if sys.platform != "win32":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
