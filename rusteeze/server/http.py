@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from typing import Any
 
 from rusteeze.server.asgi import HTTPScope, Receive, Send
 
 JSON = "application/json"
+MAX_JSON_DEPTH = 64  # arrays and objects nested deeper than this are a 400 (OpenAI bodies need < 10)
+_THREAD_PARSE_BYTES = 64 * 1024  # bodies larger than this are parsed off the event loop
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -92,19 +96,69 @@ class Request:
         return b"".join(chunks)
 
     async def json(self, limit: int) -> dict[str, Any]:
-        """The body parsed as a JSON object.
+        """The body parsed as a JSON object (see :func:`parse_json`); large bodies are parsed in a thread.
 
         Raises:
-            APIError: 400 when the body is not JSON or not an object; 413 when too big.
+            APIError: 400 when the body is not JSON, not an object, or outside :func:`parse_json`'s
+                bounds; 413 when too big.
         """
         raw = await self.body(limit)
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise bad_request(f"the request body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise bad_request(f"the request body must be a JSON object, got {type(data).__name__}")
-        return data
+        if len(raw) > _THREAD_PARSE_BYTES:
+            return await asyncio.to_thread(parse_json, raw)
+        return parse_json(raw)
+
+
+def _constant(name: str) -> Any:
+    raise bad_request(f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise bad_request(f"the request body is not valid JSON: the number {text[:40]} is too large")
+    return value
+
+
+def _int(text: str) -> int:
+    # Every integer of the API fits in 64 bits; refusing longer ones here keeps huge values
+    # (and Python's 4300-digit conversion limit) away from every later check.
+    if len(text) > 21 or not -(2**63) <= (value := int(text)) < 2**64:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise bad_request(f"the request body holds the integer {shown}, which does not fit in 64 bits")
+    return value
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """Parse a request body: a JSON object, at most ``MAX_JSON_DEPTH`` levels deep.
+
+    ``NaN`` and ``Infinity`` (which Python's json accepts) are refused, as are numbers that
+    overflow a float and integers beyond 64 bits, so every value later code sees is finite.
+
+    Raises:
+        APIError: 400 naming what is wrong.
+    """
+    try:
+        data = json.loads(raw, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad_request(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # e.g. a number the parser cannot convert
+        raise bad_request(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(data).__name__}")
+    _check_depth(data)
+    return data
+
+
+def _check_depth(data: Any) -> None:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
 
 
 def dumps(obj: Any) -> bytes:
