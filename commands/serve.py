@@ -82,6 +82,15 @@ def serve(
             rich_help_panel=SERVER,
         ),
     ] = None,
+    trust_request_chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--trust-request-chat-template",
+            help="Let requests bring their own chat template (chat_template_kwargs.chat_template); off: 400.",
+            rich_help_panel=SERVER,
+            show_default=False,
+        ),
+    ] = False,
     options: EngineOptions = NO_FLAGS,
     debug: Debug = False,
 ) -> None:
@@ -104,6 +113,7 @@ def serve(
             "allowed_origins": tuple(origins) or None,
             "max_waiting_requests": max_waiting_requests,
             "shutdown_timeout": shutdown_timeout,
+            "trust_request_chat_template": trust_request_chat_template or None,
         }
         given = {key: value for key, value in flags.items() if value is not None}
         for key, value in given.items():

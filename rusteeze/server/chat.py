@@ -22,13 +22,12 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
         APIError: 400 (invalid body or messages, prompt too long), 404 (unknown model), 413, 503.
     """
     body = await request.json(state.settings.max_body_bytes)
-    req = parse_chat(body)
+    req = parse_chat(body, trust_chat_template=state.settings.trust_request_chat_template)
     state.check_model(req.model)
     response_id = new_id("chatcmpl")
     template_kwargs = {**req.template_kwargs, "add_generation_prompt": req.add_generation_prompt}
-    gen = Generation(
-        state, response_id, [{"messages": req.messages, "chat_template_kwargs": template_kwargs}], req.params
-    )
+    inputs = [{"messages": req.messages, "chat_template_kwargs": template_kwargs}]
+    gen = await Generation.create(state, response_id, inputs, req.params)
     fmt = _Formatter(state, req, gen, response_id)
     if req.stream:
         return StreamingResponse(fmt.stream(request))
@@ -46,10 +45,9 @@ class _Formatter:
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name}
 
-    def _logprobs(self, c: CompletionOutput, token_ids: list[int]) -> dict[str, Any] | None:
-        if not self.req.logprobs or c.logprobs is None:
+    def _logprobs(self, token_ids: list[int], entries: list | None) -> dict[str, Any] | None:
+        if not self.req.logprobs or entries is None:
             return None
-        entries = c.logprobs[len(c.token_ids) - len(token_ids) :] if token_ids else []
         return chat_logprobs(token_ids, entries, self.req.top_logprobs)
 
     async def collect(self, request: Request) -> dict[str, Any]:
@@ -66,7 +64,7 @@ class _Formatter:
                 {
                     "index": c.index,
                     "message": {"role": "assistant", "content": c.text},
-                    "logprobs": self._logprobs(c, c.token_ids),
+                    "logprobs": self._logprobs(c.token_ids, c.logprobs),
                     "finish_reason": c.finish_reason,
                     "stop_reason": c.stop_reason,
                 }
@@ -112,7 +110,7 @@ class _Formatter:
         choice = {
             "index": c.index,
             "delta": delta,
-            "logprobs": self._logprobs(c, c.delta_token_ids),
+            "logprobs": self._logprobs(c.delta_token_ids, c.delta_logprobs),
             "finish_reason": c.finish_reason,
         }
         if c.finish_reason is not None:

@@ -25,7 +25,7 @@ async def create_completion(state: ServerState, request: Request) -> Response | 
     req = parse_completion(body)
     state.check_model(req.model)
     response_id = new_id("cmpl")
-    gen = Generation(state, response_id, [{"prompt": p} for p in req.prompts], req.params)
+    gen = await Generation.create(state, response_id, [{"prompt": p} for p in req.prompts], req.params)
     fmt = _Formatter(state, req, gen, response_id)
     if req.stream:
         return StreamingResponse(fmt.stream(request))
@@ -53,10 +53,9 @@ class _Formatter:
         tok = self.state.engine.tokenizer
         return completion_logprobs(out.prompt_token_ids, out.prompt_logprobs, self.req.logprobs, 0, tok.token_to_str)
 
-    def _logprobs(self, c: CompletionOutput, token_ids: list[int], offset: int) -> dict[str, Any] | None:
-        if self.req.logprobs is None or c.logprobs is None:
+    def _logprobs(self, token_ids: list[int], entries: list | None, offset: int) -> dict[str, Any] | None:
+        if self.req.logprobs is None or entries is None:
             return None
-        entries = c.logprobs[len(c.token_ids) - len(token_ids) :] if token_ids else []
         return completion_logprobs(
             token_ids, entries, self.req.logprobs, offset, self.state.engine.tokenizer.token_to_str
         )
@@ -76,7 +75,7 @@ class _Formatter:
             for c in out.outputs:
                 if c.finish_reason == "abort":
                     raise shutdown_abort()
-                lps = self._logprobs(c, c.token_ids, len(prompt))
+                lps = self._logprobs(c.token_ids, c.logprobs, len(prompt))
                 if lps is not None and self.req.echo:
                     lps = merge_completion_logprobs(self._prompt_logprobs(i, out), lps)
                 choices.append(
@@ -129,7 +128,7 @@ class _Formatter:
         if not text and c.finish_reason is None and not (self.req.logprobs is not None and c.delta_token_ids):
             return None
         offset = sent.get(index, 0)
-        lps = self._logprobs(c, c.delta_token_ids, offset + len(text) - len(c.delta_text))
+        lps = self._logprobs(c.delta_token_ids, c.delta_logprobs, offset + len(text) - len(c.delta_text))
         if lps is not None and prompt_lps is not None:
             lps = merge_completion_logprobs(prompt_lps, lps)
         sent[index] = offset + len(text)

@@ -54,18 +54,24 @@ async def tokenize(state: ServerState, request: Request) -> Response:
     state.check_model(_opt(body, "model", str))
     engine = state.engine
     special = _opt(body, "add_special_tokens", bool)
+    if body.get("messages") is not None:
+        messages = parse_messages(body["messages"])
+        add_prompt = _opt(body, "add_generation_prompt", bool)
+        add_prompt = True if add_prompt is None else add_prompt
+
+        def work() -> list[int]:
+            return engine.tokenizer.encode_chat(messages, add_generation_prompt=add_prompt)
+    else:
+        prompt = _opt(body, "prompt", str)
+        if prompt is None:
+            raise bad_request("prompt (a string) or messages is required", param="prompt")
+        add_special = True if special is None else special
+
+        def work() -> list[int]:
+            return engine.tokenizer.encode(prompt, add_special_tokens=add_special)
+
     try:
-        if body.get("messages") is not None:
-            messages = parse_messages(body["messages"])
-            add_prompt = _opt(body, "add_generation_prompt", bool)
-            ids = engine.tokenizer.encode_chat(
-                messages, add_generation_prompt=True if add_prompt is None else add_prompt
-            )
-        else:
-            prompt = _opt(body, "prompt", str)
-            if prompt is None:
-                raise bad_request("prompt (a string) or messages is required", param="prompt")
-            ids = engine.tokenizer.encode(prompt, add_special_tokens=True if special is None else special)
+        ids = await state.run_blocking(work)
     except InvalidRequestError as e:
         raise bad_request(str(e), param=e.param) from None
     return Response.json({"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len})
@@ -83,8 +89,9 @@ async def detokenize(state: ServerState, request: Request) -> Response:
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise bad_request("tokens must be a list of token ids", param="tokens")
+    tokenizer = state.engine.tokenizer
     try:
-        text = state.engine.tokenizer.decode(tokens, skip_special_tokens=False)
+        text = await state.run_blocking(lambda: tokenizer.decode(tokens, skip_special_tokens=False))
     except InvalidRequestError as e:
         raise bad_request(str(e), param="tokens") from None
     return Response.json({"prompt": text})

@@ -89,6 +89,8 @@ class ChatRequest:
     add_generation_prompt: bool = True
 
 
+# Template variables a request cannot set through chat_template_kwargs.
+_RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools"})
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string", dict: "an object"}
 
 
@@ -182,8 +184,13 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     )
 
 
-def parse_chat(body: dict[str, Any]) -> ChatRequest:
+def parse_chat(body: dict[str, Any], trust_chat_template: bool = False) -> ChatRequest:
     """Validate a /v1/chat/completions body.
+
+    Args:
+        body: the parsed JSON body.
+        trust_chat_template: accept ``chat_template_kwargs.chat_template`` (a template of the
+            client's own, rendered instead of the model's; ``--trust-request-chat-template``).
 
     Raises:
         APIError: 400 naming the field for anything invalid or unsupported.
@@ -209,9 +216,21 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
     k = (top or 0) if logprobs else None
     model, stream, include_usage, params = _common(body, max_tokens, k, None)
     kwargs = _get(body, "chat_template_kwargs", dict, {})
-    reserved = sorted(set(kwargs) & {"messages", "tools"})
+    reserved = sorted(set(kwargs) & _RESERVED_TEMPLATE_KWARGS)
     if reserved:
         raise bad_request(f"chat_template_kwargs cannot set {reserved[0]!r}", param="chat_template_kwargs")
+    template = kwargs.get("chat_template")
+    if template is not None and not trust_chat_template:
+        raise bad_request(
+            "chat_template_kwargs.chat_template is not accepted: this server renders only the model's chat template "
+            "(start it with --trust-request-chat-template to allow templates from requests)",
+            param="chat_template_kwargs.chat_template",
+        )
+    if template is not None and not isinstance(template, str):
+        raise bad_request(
+            f"chat_template_kwargs.chat_template must be a string, got {type(template).__name__}",
+            param="chat_template_kwargs.chat_template",
+        )
     add_prompt = _get(body, "add_generation_prompt", bool, True)
     return ChatRequest(model, messages, params, stream, include_usage, logprobs, top or 0, kwargs, add_prompt)
 

@@ -26,6 +26,9 @@ class ServerSettings:
             beyond this many, new requests get 503 instead of queueing without bound.
         shutdown_timeout: seconds streams may run on after SIGINT/SIGTERM before
             they end with an error event.
+        trust_request_chat_template: let requests replace the model's chat template
+            (``chat_template_kwargs.chat_template``); off, that is a 400 (as in vLLM).
+            Any template renders in a sandbox with a bound on its output.
     """
 
     host: str = "127.0.0.1"
@@ -36,6 +39,7 @@ class ServerSettings:
     max_body_bytes: int | str = "4MiB"
     max_waiting_requests: int = 256
     shutdown_timeout: float = 30.0
+    trust_request_chat_template: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -59,6 +63,9 @@ class ServerSettings:
         t = self.shutdown_timeout
         if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
             raise ConfigError(f"shutdown_timeout = {t!r} must be a number of seconds >= 0")
+        trust = self.trust_request_chat_template
+        if not isinstance(trust, bool):
+            raise ConfigError(f"trust_request_chat_template = {trust!r} must be true or false")
 
     @classmethod
     def from_table(cls, table: dict[str, Any], source: str = "[server]") -> ServerSettings:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from rusteeze.engine.async_engine import AsyncEngine
 from rusteeze.server.http import APIError
@@ -17,13 +19,16 @@ from rusteeze.server.settings import ServerSettings
 log = logging.getLogger("rusteeze.server")
 
 EngineFactory = Callable[[], Any]  # () -> rusteeze.engine.engine.Engine
+T = TypeVar("T")
 
 
 class ServerState:
     """Everything the request handlers share.
 
     The engine loads in a thread started by the lifespan startup, so the
-    server answers ``/health`` (503, then 200) while the weights load.
+    server answers ``/health`` (503, then 200) while the weights load. Chat
+    templates, tokenizing and large JSON bodies run on a small thread pool
+    (:meth:`run_blocking`), never on the event loop.
 
     Args:
         settings: the server settings.
@@ -50,10 +55,12 @@ class ServerState:
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self.num_waiting = 0  # admitted engine requests without a first output yet
+        self.num_preparing = 0  # engine requests being validated (chat template, tokenizing)
         self.inflight: set[str] = set()  # engine request ids being generated
         self.shutting_down = False
         self._loader: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- loading --------------------------------------------------------------
 
@@ -83,16 +90,25 @@ class ServerState:
         """True once the engine is loaded and running."""
         return self.aengine is not None and self.aengine.is_running
 
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on the server's worker threads (tokenizing, templates) and return its result."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="rusteeze-tokenize")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
     def require_engine(self) -> AsyncEngine:
         """The running engine.
 
         Raises:
-            APIError: 503 while loading, after a failed load, or while shutting down.
+            APIError: 503 while loading, after a failed load, when the engine thread died
+                (with the cause), or while shutting down.
         """
         if self.shutting_down:
             raise APIError(503, "the server is shutting down", code="shutting_down")
         if self.load_error is not None:
             raise APIError(503, f"the model failed to load: {self.load_error}", code="model_load_failed")
+        if self.aengine is not None and self.aengine.is_dead:
+            raise APIError(503, f"the engine is not running: {self.aengine.error}", code="engine_dead")
         if not self.ready:
             raise APIError(503, "the model is still loading; retry shortly", code="model_loading")
         assert self.aengine is not None
@@ -139,3 +155,5 @@ class ServerState:
         self.shutting_down = True
         if self.aengine is not None:
             self.aengine.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -225,3 +225,53 @@ def test_requests_after_shutdown_began_get_503(make_app):
         assert (await c.get("/health")).status_code == 503
 
     run_app(app, fn)
+
+
+def test_a_stream_reader_that_falls_behind_gets_merged_chunks_with_the_same_content(make_app):
+    """The reader blocks on its first chunk until the engine is done: the rest comes merged, complete."""
+    app = make_app()
+    body = {"prompt": ["Hello", "The sky"], "max_tokens": 60, "n": 2, "stream": True, "logprobs": 1, **GREEDY}
+
+    def per_choice(chunks: list[bytes]) -> dict:
+        evs = events(b"".join(chunks).decode())
+        assert evs[-1] == "[DONE]"
+        out = {}
+        for e in evs[:-1]:
+            c = e["choices"][0]
+            text, tokens, reasons = out.setdefault(c["index"], ("", [], []))
+            out[c["index"]] = (text + c["text"], tokens + c["logprobs"]["tokens"], [*reasons, c["finish_reason"]])
+        return out
+
+    async def main():
+        async with lifespan(app):
+            normal = await asgi_post(app, "/v1/completions", body, lambda count, disconnect: None)
+            scope = {"type": "http", "method": "POST", "path": "/v1/completions", "query_string": b"",
+                     "headers": [], "client": None}  # fmt: skip
+            sent, chunks = [], []
+
+            async def receive():
+                if not sent:
+                    sent.append(True)
+                    return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+                await asyncio.Event().wait()  # never disconnects
+
+            async def send(message):
+                if message["type"] == "http.response.body" and message["body"]:
+                    chunks.append(message["body"])
+                    while len(chunks) == 1 and app.state.engine.has_unfinished_requests():
+                        await asyncio.sleep(0.005)  # a reader that does not read
+
+            await app({**scope}, receive, send)
+            await _until_idle(app)
+            _idle(app)
+            return normal, chunks
+
+    normal, stalled = asyncio.run(main())
+    want, got = per_choice(normal), per_choice(stalled)
+    assert sorted(got) == sorted(want) == [0, 1, 2, 3]
+    for index in want:
+        assert got[index][:2] == want[index][:2] and len(want[index][1]) == 60
+        assert got[index][2][-1] == "length" and all(r is None for r in got[index][2][:-1])
+    # However long the reply: the first chunk; the outputs in the bounded queue (2), in each pump's
+    # hand (2) and merged in each engine slot (2), each a chunk per choice (n=2); [DONE].
+    assert len(stalled) <= 1 + (2 + 2 + 2) * 2 + 1 < len(normal)
