@@ -77,7 +77,7 @@ def test_sigterm_during_streams_exits_0_and_ends_every_stream(tiny_llama_dir):
     proc = subprocess.Popen(
         # A 512-token context so the 500-token streams cannot finish within the 0.5 s grace period.
         rusteeze("serve", str(tiny_llama_dir), "--port", "0", "--shutdown-timeout", "0.5", *ENGINE_FLAGS,
-                 "--max-model-len", "512"),
+                 "--max-model-len", "512", "--trust-request-chat-template"),
         stderr=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
     log: list[str] = []
@@ -93,6 +93,9 @@ def test_sigterm_during_streams_exits_0_and_ends_every_stream(tiny_llama_dir):
         assert url is not None, "".join(log)
         reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
         reader.start()
+        own = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "chat_template_kwargs": {
+            "chat_template": "{{ messages[0].content }}"}}  # fmt: skip
+        assert httpx.post(url + "/v1/chat/completions", json=own, timeout=120).status_code == 200  # the flag took
         results: list = []
         started = [threading.Event() for _ in range(4)]
         threads = [

@@ -10,6 +10,8 @@ def test_defaults_bind_locally_with_cors_and_auth_off():
     s = ServerSettings()
     assert (s.host, s.port, s.api_key, s.allowed_origins) == ("127.0.0.1", 8000, None, ())
     assert s.max_body_bytes == 4 * 1024**2
+    assert s.trust_request_chat_template is False
+    assert ServerSettings.from_table({"trust_request_chat_template": True}).trust_request_chat_template
 
 
 def test_table_values_and_flags_over_them():
@@ -36,6 +38,7 @@ def test_unknown_table_key_suggests_the_right_one():
         {"max_waiting_requests": 0},
         {"shutdown_timeout": -1},
         {"shutdown_timeout": True},
+        {"trust_request_chat_template": "yes"},
     ],
 )
 def test_invalid_values(kw):
