@@ -122,9 +122,11 @@ def run_server(app: ServerApp, sock: socket.socket, log_level: str = "info") -> 
 
 
 def _ensure_log_handler() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    # The engine logs its thread's death (with the traceback) to "rusteeze.engine": same format.
+    for logger in (log, logging.getLogger("rusteeze.engine")):
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
