@@ -48,6 +48,7 @@ from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_tensor
 CHUNK = 64  # keys per online-softmax step (absolute grid: chunk c covers keys [64c, 64c + 64))
 TILE_ROWS = 32  # query rows (tokens × GQA heads) per prefill work item
 TORCH_PREFILL_MIN_Q = 8  # sequences with this many query tokens or more use the torch op (measured)
+PARALLEL_MIN_ROWS = 4  # from this many query rows (tokens) the work items spread over threads
 
 _OK = 0
 _BAD_BLOCK = 1
@@ -165,32 +166,30 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
 _BAD_BLOCK_STATUS = -(1 << 62)
 
 
-@numba.njit(parallel=True, **JIT)
-def _attention_kernel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_min_q, out):
-    """Every (sequence, KV head, query tile) work item, in parallel.
+@numba.njit(**JIT)
+def _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q):
+    """The (sequence, KV head, first query token) work items, and the sequences left to torch.
 
     Sequences with ``torch_min_q`` or more query tokens are left out (for the torch op).
-    Returns the number of sequences left out (>= 0); ``-1 - b`` when sequence b's
-    offsets, length or table width are inconsistent (nothing computed); or
-    ``_BAD_BLOCK_STATUS`` when a visible key's block-table entry is outside the cache.
+    Returns (items [count, 3], skipped >= 0), or (empty, ``-1 - b``) when sequence b's
+    offsets, length or table width are inconsistent.
     """
     batch = seq_lens.shape[0]
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = q.shape[1] // kv_heads
-    tile_q = max(1, TILE_ROWS // group)
+    tile_q = max(1, TILE_ROWS // (q.shape[1] // kv_heads))
     count = 0
     skipped = 0
     for b in range(batch):
         start, end, ctx = cu[b], cu[b + 1], seq_lens[b]
         if start < 0 or end < start or end > q.shape[0]:
-            return -1 - b
+            return np.empty((0, 3), np.int64), -1 - b
         if end > start and (end - start > ctx or (ctx + block_size - 1) // block_size > tables.shape[1]):
-            return -1 - b
+            return np.empty((0, 3), np.int64), -1 - b
         if end - start >= torch_min_q:
             skipped += 1
         else:
             count += kv_heads * ((end - start + tile_q - 1) // tile_q)
-    items = np.empty((count, 3), np.int64)  # (sequence, kv head, first query token)
+    items = np.empty((count, 3), np.int64)
     n = 0
     for b in range(batch):
         q_len = cu[b + 1] - cu[b]
@@ -202,15 +201,43 @@ def _attention_kernel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, 
                 items[n, 1] = g
                 items[n, 2] = i0
                 n += 1
-    status = np.zeros(count, np.int64)
-    for w in numba.prange(count):
-        b, g, i0 = items[w, 0], items[w, 1], items[w, 2]
-        q_len = cu[b + 1] - cu[b]
-        nq = min(tile_q, q_len - i0)
-        status[w] = _attend_tile(
-            q, k_cache, v_cache, tables[b], seq_lens[b], cu[b], q_len, i0, nq, g, scale, window, out
-        )
-    for w in range(count):
+    return items, skipped
+
+
+@numba.njit(**JIT)
+def _attend_item(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, out, items, w):
+    b, g, i0 = items[w, 0], items[w, 1], items[w, 2]
+    q_len = cu[b + 1] - cu[b]
+    nq = min(max(1, TILE_ROWS // (q.shape[1] // k_cache.shape[2])), q_len - i0)
+    return _attend_tile(q, k_cache, v_cache, tables[b], seq_lens[b], cu[b], q_len, i0, nq, g, scale, window, out)
+
+
+# Two drivers over the same work items: in the calling thread (small batches, where
+# waking threads costs more than it saves) or spread over Numba's threads. Each item
+# runs the same code either way, so the results are bit-identical.
+# Both return the number of sequences left to torch (>= 0); ``-1 - b`` when sequence b's
+# offsets, length or table width are inconsistent (nothing computed); or
+# ``_BAD_BLOCK_STATUS`` when a visible key's block-table entry is outside the cache.
+@numba.njit(**JIT)
+def _attention_serial(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_min_q, out):
+    items, skipped = _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q)
+    if skipped < 0:
+        return skipped
+    for w in range(items.shape[0]):
+        if _attend_item(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, out, items, w) != _OK:
+            return _BAD_BLOCK_STATUS
+    return skipped
+
+
+@numba.njit(parallel=True, **JIT)
+def _attention_parallel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_min_q, out):
+    items, skipped = _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q)
+    if skipped < 0:
+        return skipped
+    status = np.zeros(items.shape[0], np.int64)
+    for w in numba.prange(items.shape[0]):
+        status[w] = _attend_item(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, out, items, w)
+    for w in range(items.shape[0]):
         if status[w] != _OK:
             return _BAD_BLOCK_STATUS
     return skipped
@@ -304,7 +331,8 @@ def paged_attention(
     min_q = TORCH_PREFILL_MIN_Q if torch_prefill_min_q is None else torch_prefill_min_q
     out = torch.empty_like(q)
     qn, kn, vn, on = q.numpy(), k_cache.numpy(), v_cache.numpy(), out.numpy()
-    status = _attention_kernel(qn, kn, vn, cu, lens, tables, float(scale), int(sliding_window or 0), min_q, on)
+    kernel = _attention_parallel if q.shape[0] >= PARALLEL_MIN_ROWS else _attention_serial
+    status = kernel(qn, kn, vn, cu, lens, tables, float(scale), int(sliding_window or 0), min_q, on)
     if status > 0:
         _torch_prefill(q, k_cache, v_cache, cu, lens, tables, np.diff(cu) >= min_q, scale, sliding_window, out)
     elif status == _BAD_BLOCK_STATUS:

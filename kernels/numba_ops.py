@@ -100,11 +100,18 @@ def warm_up() -> float:
     lens = torch.tensor([2], dtype=torch.int32)
     tables = torch.tensor([[0]], dtype=torch.int32)
     paged_attention(q, k_cache, v_cache, cu, lens, tables, 0.5)
+    from rusteeze.kernels.numba_attention import PARALLEL_MIN_ROWS as ROWS
+
+    wide = torch.ones(ROWS, 2, 4)  # ROWS single-token sequences: the threaded driver
+    cu_wide, lens_wide = torch.arange(ROWS + 1, dtype=torch.int32), torch.ones(ROWS, dtype=torch.int32)
+    paged_attention(wide, k_cache, v_cache, cu_wide, lens_wide, tables.expand(ROWS, 1), 0.5)
     packed, scales = torch.zeros(2, 4, dtype=torch.uint8), torch.ones(2, 1)
     int4 = numba_quant_matmul.repack_int4(packed, scales, scales)
     numba_quant_matmul.int4_matmul(x, *int4, 2)
+    numba_quant_matmul.int4_matmul(torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8), *int4, 2)
     numba_quant_matmul.dequantize_int4_t(*int4, 2)
     int8 = numba_quant_matmul.repack_int8(torch.zeros(2, 8, dtype=torch.int8), scales)
     numba_quant_matmul.int8_matmul(x, *int8, 2)
+    numba_quant_matmul.int8_matmul(torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8), *int8, 2)
     numba_quant_matmul.dequantize_int8_t(*int8, 2)
     return time.perf_counter() - t0

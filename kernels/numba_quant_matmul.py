@@ -29,58 +29,86 @@ from numba import njit, prange
 from rusteeze.errors import KernelError
 
 TILE = 64  # output rows per tile (R)
+# Smaller products run in the calling thread: a parallel region costs a thread
+# wake-up (µs on an idle machine, a scheduler time slice on a busy one), more
+# than the work it would split (SmolLM2's 576×576 o_proj is 0.33 M MACs).
+PARALLEL_MIN_MACS = 1 << 20
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _int4_kernel(x, w, scales, mins, out):  # pragma: no cover - compiled
-    # x [M, K] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32, out [M, NT * R] f32
+@njit(fastmath=True, cache=True)
+def _int4_tile(x, w, scales, mins, out, t):  # pragma: no cover - compiled
+    # One tile t: x [M, K] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out[:, tR:(t+1)R]
     m_count = x.shape[0]
-    nt, _, r = w.shape
+    r = w.shape[2]
     groups = scales.shape[1]
     half = w.shape[1] // groups  # bytes per row per group: G / 2
-    for t in prange(nt):
-        acc = np.zeros((m_count, r), np.float32)
-        part = np.empty(r, np.float32)
-        for g in range(groups):
-            for m in range(m_count):
-                part[:] = np.float32(0)
-                xsum = np.float32(0)
-                for j in range(g * half, (g + 1) * half):
-                    x0 = x[m, 2 * j]
-                    x1 = x[m, 2 * j + 1]
-                    xsum += x0 + x1
-                    for i in range(r):
-                        b = w[t, j, i]
-                        part[i] += np.float32(b & 15) * x0 + np.float32(b >> 4) * x1
-                for i in range(r):
-                    acc[m, i] += part[i] * scales[t, g, i] + mins[t, g, i] * xsum
+    acc = np.zeros((m_count, r), np.float32)
+    part = np.empty(r, np.float32)
+    for g in range(groups):
         for m in range(m_count):
+            part[:] = np.float32(0)
+            xsum = np.float32(0)
+            for j in range(g * half, (g + 1) * half):
+                x0 = x[m, 2 * j]
+                x1 = x[m, 2 * j + 1]
+                xsum += x0 + x1
+                for i in range(r):
+                    b = w[t, j, i]
+                    part[i] += np.float32(b & 15) * x0 + np.float32(b >> 4) * x1
             for i in range(r):
-                out[m, t * r + i] = acc[m, i]
+                acc[m, i] += part[i] * scales[t, g, i] + mins[t, g, i] * xsum
+    for m in range(m_count):
+        for i in range(r):
+            out[m, t * r + i] = acc[m, i]
+
+
+@njit(fastmath=True, cache=True)
+def _int8_tile(x, w, scales, out, t):  # pragma: no cover - compiled
+    # One tile t: x [M, K] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32 → out[:, tR:(t+1)R]
+    m_count = x.shape[0]
+    k, r = w.shape[1], w.shape[2]
+    groups = scales.shape[1]
+    size = k // groups
+    acc = np.zeros((m_count, r), np.float32)
+    part = np.empty(r, np.float32)
+    for g in range(groups):
+        for m in range(m_count):
+            part[:] = np.float32(0)
+            for c in range(g * size, (g + 1) * size):
+                xv = x[m, c]
+                for i in range(r):
+                    part[i] += np.float32(w[t, c, i]) * xv
+            for i in range(r):
+                acc[m, i] += part[i] * scales[t, g, i]
+    for m in range(m_count):
+        for i in range(r):
+            out[m, t * r + i] = acc[m, i]
+
+
+# Each product exists twice: tiles in one thread, or spread over Numba's threads.
+# Both run the same tile code, so their results are bit-identical.
+@njit(fastmath=True, cache=True)
+def _int4_serial(x, w, scales, mins, out):  # pragma: no cover - compiled
+    for t in range(w.shape[0]):
+        _int4_tile(x, w, scales, mins, out, t)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _int8_kernel(x, w, scales, out):  # pragma: no cover - compiled
-    # x [M, K] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32, out [M, NT * R] f32
-    m_count = x.shape[0]
-    nt, k, r = w.shape
-    groups = scales.shape[1]
-    size = k // groups
-    for t in prange(nt):
-        acc = np.zeros((m_count, r), np.float32)
-        part = np.empty(r, np.float32)
-        for g in range(groups):
-            for m in range(m_count):
-                part[:] = np.float32(0)
-                for c in range(g * size, (g + 1) * size):
-                    xv = x[m, c]
-                    for i in range(r):
-                        part[i] += np.float32(w[t, c, i]) * xv
-                for i in range(r):
-                    acc[m, i] += part[i] * scales[t, g, i]
-        for m in range(m_count):
-            for i in range(r):
-                out[m, t * r + i] = acc[m, i]
+def _int4_parallel(x, w, scales, mins, out):  # pragma: no cover - compiled
+    for t in prange(w.shape[0]):
+        _int4_tile(x, w, scales, mins, out, t)
+
+
+@njit(fastmath=True, cache=True)
+def _int8_serial(x, w, scales, out):  # pragma: no cover - compiled
+    for t in range(w.shape[0]):
+        _int8_tile(x, w, scales, out, t)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _int8_parallel(x, w, scales, out):  # pragma: no cover - compiled
+    for t in prange(w.shape[0]):
+        _int8_tile(x, w, scales, out, t)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -149,7 +177,8 @@ def int4_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, mins: to
     """
     xs = _check(x, w, w.shape[1] * 2, n)
     out = np.empty((xs.shape[0], w.shape[0] * TILE), np.float32)
-    _int4_kernel(xs, w.numpy(), scales.numpy(), mins.numpy(), out)
+    kernel = _int4_parallel if xs.shape[0] * n * xs.shape[1] >= PARALLEL_MIN_MACS else _int4_serial
+    kernel(xs, w.numpy(), scales.numpy(), mins.numpy(), out)
     return torch.from_numpy(out)[:, :n]
 
 
@@ -161,7 +190,8 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int) 
     """
     xs = _check(x, w, w.shape[1], n)
     out = np.empty((xs.shape[0], w.shape[0] * TILE), np.float32)
-    _int8_kernel(xs, w.numpy(), scales.numpy(), out)
+    kernel = _int8_parallel if xs.shape[0] * n * xs.shape[1] >= PARALLEL_MIN_MACS else _int8_serial
+    kernel(xs, w.numpy(), scales.numpy(), out)
     return torch.from_numpy(out)[:, :n]
 
 

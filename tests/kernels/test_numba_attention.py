@@ -216,4 +216,22 @@ def test_compiles_one_signature():
     args = _valid_args()
     paged_attention(*args.values(), 0.25)
     paged_attention(*(t.long() if not t.is_floating_point() else t for t in args.values()), 0.25, 3)
-    assert len(numba_attention._attention_kernel.signatures) == 1
+    for driver in (numba_attention._attention_serial, numba_attention._attention_parallel):
+        assert len(driver.signatures) <= 1
+
+
+def test_threaded_and_single_thread_drivers_are_bit_identical(monkeypatch):
+    from rusteeze.kernels import numba_attention
+
+    torch.manual_seed(3)
+    num_blocks, block_size, hk, hq, d = 12, 4, 2, 6, 16
+    k_cache, v_cache = torch.randn(num_blocks, block_size, hk, d), torch.randn(num_blocks, block_size, hk, d)
+    q = torch.randn(5, hq, d)  # three decodes and one 2-token chunk
+    cu = torch.tensor([0, 1, 2, 3, 5], dtype=torch.int32)
+    lens = torch.tensor([7, 3, 9, 6], dtype=torch.int32)
+    tables = torch.randperm(num_blocks)[:12].view(4, 3).to(torch.int32)
+    outs = []
+    for rows in (1, 1 << 30):
+        monkeypatch.setattr(numba_attention, "PARALLEL_MIN_ROWS", rows)
+        outs.append(numba_attention.paged_attention(q, k_cache, v_cache, cu, lens, tables, 0.25))
+    assert torch.equal(outs[0], outs[1])

@@ -70,3 +70,17 @@ def test_layout_does_not_depend_on_torch_packing():
     assert tiled.weight.shape == (2, 32, 64)
     assert int(tiled.weight[1, 5, 7]) == int(packed[64 + 7, 5])
     assert float(tiled.scales[0, 1, 3]) == float(scales[3, 1])
+
+
+def test_threaded_and_single_thread_products_are_bit_identical(monkeypatch):
+    from rusteeze.kernels import numba_quant_matmul
+
+    torch.manual_seed(2)
+    int4 = cpu_matmul.TiledInt4.from_packed(*random_int4(320, 128, 32))
+    int8 = cpu_matmul.TiledInt8.from_int8(torch.randint(-127, 128, (320, 128), dtype=torch.int8), torch.rand(320))
+    x = torch.randn(3, 128)
+    monkeypatch.setattr(numba_quant_matmul, "PARALLEL_MIN_MACS", 0)
+    threaded = int4.matmul(x), int8.matmul(x)
+    monkeypatch.setattr(numba_quant_matmul, "PARALLEL_MIN_MACS", 1 << 62)
+    single = int4.matmul(x), int8.matmul(x)
+    assert all(torch.equal(a, b) for a, b in zip(threaded, single, strict=True))
