@@ -162,7 +162,7 @@ KernelBackend = Annotated[
     typer.Option(
         "--kernel-backend",
         metavar="NAME",
-        help=f"{', '.join(KERNEL_BACKENDS)} (auto: Triton on CUDA, torch otherwise).",
+        help=f"{', '.join(KERNEL_BACKENDS)} (auto: Triton on CUDA, Numba on CPU).",
         rich_help_panel=ENGINE_PANEL,
         show_default=False,
     ),

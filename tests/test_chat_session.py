@@ -139,7 +139,7 @@ def test_show_names_the_model_and_the_effective_parameters(session, tiny_llama_d
         f"Path        {tiny_llama_dir}",
         "Arch        LlamaForCausalLM, context 512 tokens",
         "Weights     float32",
-        "Compute     cpu, float32 activations, torch ops (kernel backend auto)",
+        "Compute     cpu, float32 activations, Numba kernels (kernel backend auto)",  # auto: Numba on CPU
     ]
     assert "  temperature 0.0 (set)" in text
     assert "  top_p       0.5 (set)" in text
@@ -156,7 +156,7 @@ def test_show_tells_int4_weights_from_float32_activations(smollm2_gguf_path):
     assert lines[2:5] == [
         "Arch        LlamaForCausalLM, context 1456 tokens",
         "Weights     int4 (group 32) linear layers, int8 embedding (group 32), float32 norms",
-        "Compute     cpu, float32 activations, torch ops with Numba int4/int8 matmuls (kernel backend auto)",
+        "Compute     cpu, float32 activations, Numba kernels (kernel backend auto)",
     ]
     floats = ChatSession(Engine(config.replace(gguf_direct=False, kernel_backend="torch")), ChatSettings())
     assert floats.command("/show").text.splitlines()[3:5] == [

@@ -2,7 +2,7 @@
 
 The model's dtype alone says "float32" for a GGUF whose Q4_1 weights load straight into int4
 layers; these say "int4 (group 32) linear layers, int8 embedding" and "float32 activations,
-torch ops with Numba int4/int8 matmuls" instead.
+Numba kernels" instead.
 """
 
 from __future__ import annotations
@@ -35,20 +35,19 @@ def weight_format(model: nn.Module) -> str:
 
 
 def compute_path(engine: Any) -> str:
-    """Device, activation dtype and kernels: "cpu, float32 activations, torch ops with Numba int4/int8 matmuls"."""
+    """Device, activation dtype and kernels: "cpu, float32 activations, Numba kernels (kernel backend auto)"."""
     from rusteeze.quant.layers import QuantLinear
 
-    loaded, backend = engine.loaded, engine.config.kernel_backend
+    loaded, asked = engine.loaded, engine.config.kernel_backend
     device = loaded.device
-    if backend == "auto":
-        kernels = "Triton kernels" if device.type == "cuda" else "torch ops"
-    else:
-        kernels = {"triton": "Triton kernels", "numba": "Numba kernels", "torch": "torch ops"}.get(backend, backend)
-    numba = any(isinstance(m, QuantLinear) and m.tiled is not None for m in loaded.model.modules())
-    if numba and backend != "numba":
+    runs = getattr(loaded, "kernel_backend", None) or asked  # the backend chosen at load (never "auto")
+    if runs == "auto":
+        runs = "triton" if device.type == "cuda" else "torch"
+    kernels = {"triton": "Triton kernels", "numba": "Numba kernels", "torch": "torch ops"}.get(runs, runs)
+    if runs != "numba" and any(isinstance(m, QuantLinear) and m.tiled is not None for m in loaded.model.modules()):
         kernels += " with Numba int4/int8 matmuls"
     dtype = str(loaded.dtype).removeprefix("torch.")
-    return f"{device}, {dtype} activations, {kernels} (kernel backend {backend})"
+    return f"{device}, {dtype} activations, {kernels} (kernel backend {asked})"
 
 
 def quantized_as(model: nn.Module) -> str | None:
