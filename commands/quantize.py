@@ -9,7 +9,6 @@ import typer
 
 from rusteeze.commands.common import Debug, cli_errors, stderr_console
 from rusteeze.quant.config import QuantConfig
-from rusteeze.quant.convert import quantize_model
 
 
 def quantize(
@@ -60,6 +59,8 @@ def quantize(
 
         def warn(message: str) -> None:
             typer.echo(f"Warning: {message}", err=True)  # one line, never wrapped
+
+        from rusteeze.quant.convert import quantize_model  # torch: imported only when a command runs
 
         result = quantize_model(path, output, quant, force=force, on_module=progress, on_warning=warn)
         typer.echo(f"Wrote {result.output}")

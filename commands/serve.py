@@ -125,9 +125,19 @@ def serve(
         log = logging.getLogger("rusteeze.server")
 
         def load() -> Engine:
+            from rusteeze.commands.options import as_flags
+            from rusteeze.engine.kv_budget import check_usable
+            from rusteeze.errors import ConfigError
+
             start = time.perf_counter()
-            engine = Engine(engine_cfg)
+            try:  # the KV budget or the context: say it in flags, as chat and bench do
+                engine = Engine(engine_cfg)
+                note = check_usable(engine.kv_plan, engine_cfg)
+            except ConfigError as e:
+                raise ConfigError(as_flags(str(e))) from None
             log.info(load_line(resolved, engine, time.perf_counter() - start))
+            if note:
+                log.info(as_flags(note))
             return engine
 
         sock = bind_socket(settings.host, settings.port)

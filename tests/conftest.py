@@ -90,3 +90,14 @@ settings.register_profile("ci", max_examples=12, derandomize=True, print_blob=Tr
 settings.register_profile("long", max_examples=300, **_FUZZ)
 if "HYPOTHESIS_PROFILE" in os.environ:
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+
+
+def pytest_sessionstart(session) -> None:
+    """Compile (or load from Numba's cache) the CPU kernels once, before any test runs.
+
+    On a fresh checkout the first load prints "compiling CPU kernels ..." on stderr;
+    doing it here keeps that line out of the tests that compare a command's output.
+    """
+    from rusteeze.kernels import numba_ops
+
+    numba_ops.prepare()

@@ -89,7 +89,6 @@ def run_with_ctrl_c_on_import(module: str, *args: str) -> subprocess.CompletedPr
         ("typer", ["--version"]),  # the CLI's own imports
         ("rusteeze.commands.quantize", ["quantize", "m", "-o", "out"]),  # a command module
         ("torch", ["chat", "-p", "Hi"]),  # the engine, inside the command
-        ("torch", ["quantize", "m", "-o", "out"]),
     ],
 )
 def test_ctrl_c_while_importing_is_one_line_and_exit_130(module, args):
