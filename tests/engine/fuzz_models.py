@@ -1,7 +1,7 @@
 """The fuzzer's weight formats: a tiny model in each format, and its float32 twin.
 
-The model under test runs on the default kernels ("auto": Numba quantized
-matmuls on CPU) or on the "numba" backend. Each quantized format is compared
+The model under test runs on the default kernels ("auto": Numba on CPU) or on
+the torch reference ops. Each quantized format is compared
 with *the same quantized weights* dequantized to float32 (written out with the
 dequantization math here, not the library's), run on the torch backend: a
 kernel that is wrong the same way in every batch still shows against it.
