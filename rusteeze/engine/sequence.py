@@ -75,7 +75,7 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []
+        self.block_hashes: list[bytes] = []
         self.num_registered_blocks = 0
         self.num_released_blocks = 0
         self.status = SequenceStatus.WAITING

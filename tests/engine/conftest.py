@@ -56,7 +56,6 @@ def make_engine(loaded_tiny, tiny_model_dirs):
         kw.setdefault("kv_cache_memory", "8MiB")
         config = EngineConfig(model=str(tiny_model_dirs[arch]), device="cpu", kernel_backend="torch", **kw)
         engine = Engine(config, loaded=loaded)
-        engine.runner.block_manager = engine.block_manager  # poisoned-KV mode (until Engine passes it itself)
         return engine
 
     return make

@@ -146,7 +146,6 @@ def make_engine(loaded, *, block_size: int, kv_tokens: int, prefix_caching: bool
         **kw,
     )
     engine = Engine(config, loaded=loaded)
-    engine.runner.block_manager = engine.block_manager  # poisoned-KV mode (until Engine passes it itself)
     assert engine.runner.poison, "the fuzzer runs with RUSTEEZE_DEBUG_POISON_KV=1 (tests/conftest.py)"
     return engine
 
