@@ -16,7 +16,14 @@ from types import ModuleType
 import torch
 from numba.core.registry import CPUDispatcher
 
-from rusteeze.kernels import numba_activation, numba_attention, numba_norm, numba_quant_matmul, numba_rotary_kv
+from rusteeze.kernels import (
+    numba_activation,
+    numba_attention,
+    numba_decoder,
+    numba_norm,
+    numba_quant_matmul,
+    numba_rotary_kv,
+)
 from rusteeze.kernels.numba_activation import silu_and_mul
 from rusteeze.kernels.numba_attention import paged_attention
 from rusteeze.kernels.numba_norm import fused_add_rms_norm, rms_norm
@@ -41,6 +48,7 @@ KERNEL_MODULES: tuple[ModuleType, ...] = (
     numba_rotary_kv,
     numba_attention,
     numba_quant_matmul,
+    numba_decoder,
 )
 
 
@@ -114,4 +122,5 @@ def warm_up() -> float:
     numba_quant_matmul.int8_matmul(x, *int8, 2)
     numba_quant_matmul.int8_matmul(torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8), *int8, 2)
     numba_quant_matmul.dequantize_int8_t(*int8, 2)
+    numba_decoder.warm_up()  # the fused decode layer (rusteeze.models.llama)
     return time.perf_counter() - t0

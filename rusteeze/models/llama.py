@@ -6,9 +6,13 @@ tied embeddings. The forward pass takes a flat, unpadded batch plus
 :class:`AttentionMetadata`; every hot op goes through ``rusteeze.kernels``.
 """
 
+from types import ModuleType
+
+import numpy as np
 import torch
 from torch import nn
 
+from rusteeze.errors import KernelError
 from rusteeze.kernels import Ops
 from rusteeze.models.attention import AttentionMetadata
 from rusteeze.models.config import ModelConfig
@@ -16,6 +20,9 @@ from rusteeze.models.linear import Embedding, Linear, linear
 from rusteeze.models.rotary import cos_sin_cache
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+# Steps of up to this many tokens take the fused path on the numba backend: the quantized matmuls' own
+# kernel limit (cpu_matmul.NUMBA_MAX_TOKENS; larger batches dequantize and use torch's GEMM).
+FUSED_MAX_TOKENS = 8
 
 
 class RMSNorm(nn.Module):
@@ -143,11 +150,16 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.max_positions = max(max_positions or 0, cfg.max_position_embeddings)
         self.rope = torch.empty(0)  # [P, D] filled by build_rope() once the device is known
+        self._fused: tuple | bool | None = False  # the fused decode path's weights (False: not made yet)
+        self._fused_norm: np.ndarray | None = None
+        self._fused_cache_key: list[KVCache] | None = None
+        self._fused_cache_views: list[tuple[np.ndarray, np.ndarray]] = []
 
     def build_rope(self, device: torch.device | str) -> None:
         """Compute the [P, D] cos|sin table on ``device`` (after weights are materialized)."""
         cfg = self.config
         self.rope = cos_sin_cache(cfg.head_dim, self.max_positions, cfg.rope_theta, cfg.rope_scaling, device)
+        self._fused = False  # remade on the next forward
 
     def forward(
         self,
@@ -169,11 +181,110 @@ class LlamaForCausalLM(nn.Module):
             [T, H] final hidden states (normalized).
         """
         hidden = self.embed_tokens(input_ids)  # [T, H]
+        if hidden.shape[0] <= FUSED_MAX_TOKENS:  # decode and small steps: one compiled call per layer (numba)
+            out = self._fused_forward(hidden, positions, kv_caches, meta)
+            if out is not None:
+                return out
         residual = None
         with meta.plan.active():  # the torch kernels' per-step index work, done once for all layers
             for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
                 hidden, residual = layer(positions, hidden, residual, self.rope, kv_cache, meta)
         return self.norm(hidden, residual)
+
+    def _fused_forward(
+        self, hidden: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache], meta: AttentionMetadata
+    ) -> torch.Tensor | None:
+        """The forward through ``numba_decoder.decoder_layer`` (one call per layer), or None where it does not apply.
+
+        Applies on the "numba" backend to float32 CPU steps of up to ``FUSED_MAX_TOKENS`` tokens whose
+        sequences each have fewer than ``numba_decoder.MAX_QUERY_TOKENS + 1`` query tokens, with every
+        linear a Numba-tiled quantized layer or a float32 ``nn.Linear``. Anything else (and a step with a
+        bad position or slot, which the per-op kernels then report) takes the per-op path.
+        """
+        fused = self._fused_weights()
+        if fused is None or hidden.dtype is not torch.float32 or not hidden.is_cpu:
+            return None
+        nd, layers, rope, eps, dims, scale, window = fused
+        caches = self._fused_caches(nd, kv_caches)
+        if caches is None:
+            return None
+        op = "fused decode"
+        pos = nd.index_array(op, "positions", positions, torch.int64, 1)
+        slots = nd.index_array(op, "slot_mapping", meta.slot_mapping, torch.int64, 1)
+        cu = nd.index_array(op, "cu_seqlens_q", meta.cu_seqlens_q, torch.int32, 1)
+        lens = nd.index_array(op, "seq_lens", meta.seq_lens, torch.int32, 1)
+        tables = nd.index_array(op, "block_tables", meta.block_tables, torch.int32, 2)
+        t = hidden.shape[0]
+        k0 = caches[0][0]
+        if (
+            pos.shape[0] != t
+            or slots.shape[0] != t
+            or cu.shape[0] != lens.shape[0] + 1
+            or tables.shape[0] != lens.shape[0]
+            or (t > nd.MAX_QUERY_TOKENS and int(np.diff(cu).max()) > nd.MAX_QUERY_TOKENS)
+            or nd.bad_step(pos, rope.shape[0], slots, k0.shape[0] * k0.shape[1])
+        ):
+            return None  # the per-op path handles it (or explains what is wrong)
+        x = hidden.contiguous().numpy()
+        residual = np.empty_like(x)
+        first = True
+        for (ln1, ln2, qn, kn, qkv, o, gate_up, down), (k_cache, v_cache) in zip(layers, caches, strict=True):
+            status = nd.decoder_layer(
+                x, residual, first, pos, slots, cu, lens, tables, rope, k_cache, v_cache,
+                ln1, ln2, qn, kn, eps, dims, scale, window, qkv, o, gate_up, down,
+            )  # fmt: skip
+            if status < 0:
+                raise KernelError(f"{op}: a block-table entry or an offset in the step's metadata is inconsistent")
+            first = False
+        out = np.empty_like(x)
+        nd.add_rms_norm_rows(x, residual, self._fused_norm, eps, out)
+        return torch.from_numpy(out)
+
+    def _fused_weights(self) -> tuple | None:
+        """What ``_fused_forward`` hands to Numba, made once (numpy views of the weights); None: not applicable."""
+        if self._fused is not False:
+            return self._fused
+        self._fused = None
+        cfg = self.config
+        if self.ops.rotary_store_kv is None or self.norm.weight.dtype is not torch.float32 or not self.rope.is_cpu:
+            return None  # not the numba backend, or not float32 on CPU
+        from rusteeze.kernels import numba_decoder as nd
+
+        if self.rope.dtype is not torch.float32 or self.rope.dim() != 2 or self.rope.shape[1] > cfg.head_dim:
+            return None
+        layers = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            lins = [nd.linear_args(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+            if any(lin is None for lin in lins):
+                return None
+            norms = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            if attn.q_norm is not None:
+                norms += [attn.q_norm.weight, attn.k_norm.weight]
+            if any(w.dtype is not torch.float32 or not w.is_cpu for w in norms):
+                return None
+            arrays = [nd.array(w.contiguous()) for w in norms]
+            if attn.q_norm is None:
+                arrays += [np.empty(0, np.float32), np.empty(0, np.float32)]
+            layers.append((*arrays, *lins))
+        self._fused_norm = nd.array(self.norm.weight.contiguous())
+        dims = np.array([cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size])
+        scale = float(cfg.head_dim**-0.5)
+        rope = nd.array(self.rope.contiguous())
+        window = int(cfg.sliding_window or 0)
+        self._fused = (nd, layers, rope, float(cfg.rms_norm_eps), dims.astype(np.int64), scale, window)
+        return self._fused
+
+    def _fused_caches(self, nd: ModuleType, kv_caches: list[KVCache]) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Numpy views of the per-layer caches, remade only when the cache tensors change; None: not float32."""
+        key = self._fused_cache_key
+        if key is not None and len(key) == len(kv_caches) and all(a is b for a, b in zip(key, kv_caches, strict=True)):
+            return self._fused_cache_views
+        if not all(nd.is_f32(k, 4) and nd.is_f32(v, 4) and k.shape == v.shape for k, v in kv_caches):
+            return None
+        self._fused_cache_key = list(kv_caches)
+        self._fused_cache_views = [(k.numpy(), v.numpy()) for k, v in kv_caches]
+        return self._fused_cache_views
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, H] → [N, V] float32 logits."""
