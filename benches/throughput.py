@@ -10,11 +10,13 @@ random token ids, ``output_len`` new tokens each, all submitted at once;
 (2) single-stream decode tokens/s (one prompt, after its first token);
 (3) the time to prefill one 1024-token prompt. Every engine runs the same
 GGUF: ``rusteeze`` loads Q4_1/Q8_0 directly into its int4/int8 layers
-(activations go through bf16 in its packed int kernels; the default for .gguf
-files); ``rusteeze-f32`` (``gguf_direct=False``) and transformers dequantize it
-to float32, so they do the same math; llama.cpp runs the GGUF as is (Q4_1),
+(float32 math in its Numba kernels; the default for .gguf files);
+``rusteeze-f32`` (``gguf_direct=False``) and transformers dequantize it to float32,
+so they do the same math; llama.cpp runs the GGUF as is (Q4_1),
 through llama-cpp-python when it is installed (``pip install llama-cpp-python``;
-it compiles for a few minutes). Decode bandwidth = resident weight bytes ×
+it compiles for a few minutes), and through llama.cpp's own ``llama-bench`` and
+``llama-batched-bench`` with ``--llama-cpp-bin`` (see ``benches/llamacpp_tools.py``).
+The CPU's model and flags head the table. Decode bandwidth = resident weight bytes ×
 single-stream tokens/s.
 """
 
@@ -27,6 +29,8 @@ import os
 import random
 import time
 from collections.abc import Callable
+
+from rusteeze.bench.machine import cpu_line
 
 PREFILL_LEN = 1024
 REPEATS = 2  # single-stream and prefill figures are the best of this many runs (shared machines are noisy)
@@ -191,7 +195,7 @@ def print_ratios(ours: str, results: dict[str, dict]) -> None:
     """One line per peer: how many times faster ``ours`` is."""
     base = results.get(ours, {})
     for name, r in results.items():
-        if name.startswith("rusteeze") or "error" in r or not base or "error" in base:
+        if name.startswith(("rusteeze", "llama-")) or "error" in r or not base or "error" in base:
             continue
         print(
             f"{ours} / {name}: throughput x{base['throughput_tok_s'] / r['throughput_tok_s']:.2f}, "
@@ -210,6 +214,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one rusteeze decode step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results to this file")
+    parser.add_argument("--llama-cpp-bin", default=None, help="a llama.cpp build/bin: run its llama-bench too")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -221,16 +226,43 @@ def main() -> None:
     for name in args.peers.split(","):
         print(f"running {name} ...", flush=True)
         results[name] = PEERS[name](model, prompts, args.output_len, args.profile)
+    if args.llama_cpp_bin:
+        from llamacpp_tools import run_batched_bench, run_llama_bench
+
+        threads = args.threads or os.cpu_count()
+        print("running llama.cpp's llama-bench and llama-batched-bench ...", flush=True)
+        results["llama-bench"] = run_llama_bench(args.llama_cpp_bin, model, threads, PREFILL_LEN, args.output_len)
+        batched = run_batched_bench(
+            args.llama_cpp_bin, model, threads, args.num_prompts, args.input_len, args.output_len
+        )
+        results["llama-batched-bench"] = {k: v for k, v in batched.items() if k != "raw"}
     workload = f"{args.num_prompts} prompts x ({args.input_len} in, {args.output_len} out)"
+    print(f"\n# {cpu_line()}")
     print(f"\n{workload}, model {os.path.basename(model)}, torch threads {args.threads or 'default'}")
     print(f"{'engine':<16}{'out tok/s':>12}{'1-stream tok/s':>16}{'prefill 1024 s':>16}")
     for name, r in results.items():
+        if name.startswith("llama-"):
+            continue
         if "error" in r:
             print(f"{name:<16}  {r['error']}")
             continue
         print(f"{name:<16}{r['throughput_tok_s']:>12.1f}{r['single_decode_tok_s']:>16.1f}{r['prefill_1024_s']:>16.3f}")
     for ours in ("rusteeze", "rusteeze-f32"):
         print_ratios(ours, results)
+    if "llama-bench" in results:
+        bench, batched, ours = results["llama-bench"], results["llama-batched-bench"], results.get("rusteeze", {})
+        tg, pp = bench.get(f"tg{args.output_len}", 0.0), bench.get(f"pp{PREFILL_LEN}", 0.0)
+        print(
+            f"llama-bench: tg{args.output_len} {tg:.1f} tok/s, pp{PREFILL_LEN} {pp:.1f} tok/s "
+            f"({PREFILL_LEN / pp if pp else float('nan'):.3f} s); "
+            f"batched-bench: {batched['output_tok_s']:.1f} out tok/s"
+        )
+        if "single_decode_tok_s" in ours:
+            print(
+                f"rusteeze / llama.cpp: 1-stream {ours['single_decode_tok_s'] / tg:.2f}x, "
+                f"batch {ours['throughput_tok_s'] / batched['output_tok_s']:.2f}x, "
+                f"prefill {PREFILL_LEN / pp / ours['prefill_1024_s']:.2f}x (time ratio, >1 = faster)"
+            )
     for ours in ("rusteeze", "rusteeze-f32"):
         r = results.get(ours, {})
         if "weight_bytes" in r:
