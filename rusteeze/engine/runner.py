@@ -14,6 +14,8 @@ from rusteeze.engine.sampler import Logprobs, SamplingBatch, gather_logprobs, sa
 from rusteeze.engine.scheduler import SchedulerOutput
 from rusteeze.models.attention import AttentionMetadata
 
+PROMPT_LOGPROBS_ROWS = 256  # prompt positions scored per lm_head call
+
 
 @dataclass
 class RunnerOutput:
@@ -129,8 +131,8 @@ class ModelRunner:
                 prompt_rows.append(offsets[b] + p - s.start)
                 prompt_targets.append(seq.token_ids[p + 1])
                 prompt_owners.append(seq)
-        rows = torch.tensor(sample_rows + prompt_rows, dtype=torch.long, device=self.device)
-        logits = self.model.compute_logits(hidden[rows])  # [N, V] float32
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        logits = self.model.compute_logits(hidden[rows])  # [S, V] float32
         if self.poison:
             self._check_logits(logits, scheduled, len(sample_rows))
         sampling = [s.seq for s in scheduled if s.samples]
@@ -140,10 +142,18 @@ class ModelRunner:
             batch = SamplingBatch.from_sequences(sampling, self.vocab_size, self.device)
             tok, logprobs = sample(logits[: len(sampling)], batch)
             tokens = tok.tolist()
-        if prompt_rows:
-            targets = torch.tensor(prompt_targets, dtype=torch.long, device=self.device)
-            num = [seq.params.prompt_logprobs for seq in prompt_owners]
-            for seq, entry in zip(prompt_owners, gather_logprobs(logits[len(sampling) :], targets, num), strict=True):
+        # Prompt rows are scored a slice at a time: a whole 2,048-token prompt over a
+        # 152k vocabulary would otherwise hold ~1.2 GB of float32 logits at once.
+        for first in range(0, len(prompt_rows), PROMPT_LOGPROBS_ROWS):
+            part = slice(first, first + PROMPT_LOGPROBS_ROWS)
+            idx = torch.tensor(prompt_rows[part], dtype=torch.long, device=self.device)
+            part_logits = self.model.compute_logits(hidden[idx])  # [<= PROMPT_LOGPROBS_ROWS, V] float32
+            if self.poison:
+                self._check_logits(part_logits, scheduled, 0)
+            targets = torch.tensor(prompt_targets[part], dtype=torch.long, device=self.device)
+            owners = prompt_owners[part]
+            num = [seq.params.prompt_logprobs for seq in owners]
+            for seq, entry in zip(owners, gather_logprobs(part_logits, targets, num), strict=True):
                 seq.prompt_logprobs.append(entry)
         it_tok, it_lp = iter(tokens), iter(logprobs)
         sampled = [next(it_tok) if s.samples else None for s in scheduled]

@@ -160,9 +160,14 @@ def test_kv_budget_smaller_than_one_sequence_is_a_config_error(make_engine):
         make_engine(kv_tokens=64, max_model_len=128)
 
 
-def test_logprobs_and_prompt_logprobs_match_transformers(make_engine, tiny_model_dirs):
+@pytest.mark.parametrize("slice_rows", [256, 3])  # prompt positions scored per lm_head call
+def test_logprobs_and_prompt_logprobs_match_transformers(make_engine, tiny_model_dirs, monkeypatch, slice_rows):
+    from rusteeze.engine import runner
+
+    monkeypatch.setattr(runner, "PROMPT_LOGPROBS_ROWS", slice_rows)
     engine = make_engine()
     prompt = prompts_for(engine.model_config.vocab_size, n=1, seed=5)[0]
+    assert len(prompt) > 2 * 3
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, logprobs=2, prompt_logprobs=1)
     out = run(engine, [prompt], params)[0]
     hf = load_hf_model(tiny_model_dirs["llama"])
