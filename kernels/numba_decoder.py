@@ -37,7 +37,7 @@ from rusteeze.kernels.numba_activation import _silu_and_mul_rows
 from rusteeze.kernels.numba_attention import _OK, TORCH_PREFILL_MIN_Q, _attention_serial
 from rusteeze.kernels.numba_checks import JIT, array, index_array, is_f32
 from rusteeze.kernels.numba_norm import _add_rms_norm_rows, _rms_norm_rows
-from rusteeze.kernels.numba_quant_matmul import TILE, _int4_tile, _int8_tile
+from rusteeze.kernels.numba_quant_matmul import TILE, _int4_parallel, _int4_serial, _int8_parallel, _int8_serial
 from rusteeze.kernels.numba_rotary_kv import _bad_positions, _bad_slots, _rotate_token, _store_token
 
 KIND_INT4 = 0
@@ -57,6 +57,9 @@ __all__ = [
 _EMPTY_U8 = np.empty((0, 0, 0), np.uint8)
 _EMPTY_I8 = np.empty((0, 0, 0), np.int8)
 _EMPTY_F3 = np.empty((0, 0, 0), np.float32)
+# Products from this size spread their tiles over Numba's threads (the same tile code:
+# bit-identical results). A compile-time constant of the fused layer.
+FUSED_PARALLEL_MIN_MACS = 1 << 18
 _EMPTY_F2 = np.empty((0, 0), np.float32)
 _EMPTY_F1 = np.empty(0, np.float32)
 
@@ -80,14 +83,19 @@ def _linear(x, lin, n):
     """x [T, K] float32 contiguous → [T, n] float32 contiguous, through the weight ``lin`` (see LinearArgs)."""
     kind, w4, s4, m4, w8, s8, wf, bias = lin
     t_count = x.shape[0]
+    threaded = t_count * n * x.shape[1] >= FUSED_PARALLEL_MIN_MACS
     if kind == KIND_INT4:
         pad = np.empty((t_count, w4.shape[0] * TILE), np.float32)
-        for t in range(w4.shape[0]):
-            _int4_tile(x, w4, s4, m4, pad, t)
+        if threaded:
+            _int4_parallel(x, w4, s4, m4, pad)
+        else:
+            _int4_serial(x, w4, s4, m4, pad)
     elif kind == KIND_INT8:
         pad = np.empty((t_count, w8.shape[0] * TILE), np.float32)
-        for t in range(w8.shape[0]):
-            _int8_tile(x, w8, s8, pad, t)
+        if threaded:
+            _int8_parallel(x, w8, s8, pad)
+        else:
+            _int8_serial(x, w8, s8, pad)
     else:
         pad = np.empty((t_count, n), np.float32)
         _f32_rows(x, wf, pad)
