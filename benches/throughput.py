@@ -79,14 +79,23 @@ def bench_rusteeze(model: str, prompts, output_len: int, profile: bool, gguf_dir
         "throughput_tok_s": tokens / elapsed,
         "single_decode_tok_s": (output_len - 1) / min(decode_s),
         "prefill_1024_s": min(prefill_s),
-        "weight_bytes": sum(  # quantized layers keep their packed weights in buffers
-            t.numel() * t.element_size()
-            for t in (*llm.engine.loaded.model.parameters(), *llm.engine.loaded.model.buffers())
-        ),
+        "weight_bytes": weight_bytes(llm.engine.loaded.model),
     }
     if profile:
         profile_decode_step(llm, prompts, params)
     return result
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the weights a decode step reads: parameters, buffers and the CPU kernels' int4/int8 tiles."""
+    import torch
+
+    tensors = [*model.parameters(), *model.buffers()]
+    for module in model.modules():
+        tiled = getattr(module, "tiled", None)
+        if tiled is not None:
+            tensors += [t for t in vars(tiled).values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def profile_decode_step(llm, prompts, params) -> None:
