@@ -23,7 +23,9 @@ With `--debug` (or `RUSTEEZE_DEBUG=1`) the exception propagates with its full tr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -80,8 +82,10 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
         if debug or _debug_env():
             raise
         global _interrupted
-        _interrupted = True
+        with contextlib.suppress(ValueError):  # (only the main thread may set handlers)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second press must not cut the line short
         _stderr.print("Interrupted.", style="dim")
+        _interrupted = True  # after the line: a press before it leaves through main, which says it
         raise typer.Exit(130) from None
 
 
