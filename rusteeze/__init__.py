@@ -5,13 +5,7 @@ loaded on first use so that ``import rusteeze`` (and the CLI's start-up) does
 not import torch.
 """
 
-import os
 from typing import TYPE_CHECKING, Any
-
-# torch's OpenMP threads otherwise spin for a while after each parallel region, on
-# the very cores the Numba CPU kernels' threads then need: measured on SmolLM2 decode
-# (2 cores), 3.5-7 tok/s spinning against 36 tok/s passive. Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
