@@ -100,8 +100,8 @@ def serve(
         from rusteeze.engine.engine import Engine
         from rusteeze.loader.resolve import resolve_model
         from rusteeze.server.app import create_app
-        from rusteeze.server.runner import bind_socket, run_server
         from rusteeze.server.settings import ServerSettings
+        from rusteeze.server.uvicorn_server import bind_socket, run_server
 
         cfg, sections = options.engine_config(model)
         origins = [o.strip() for value in allowed_origins or [] for o in value.split(",") if o.strip()]

@@ -12,9 +12,9 @@ from rusteeze.config import EngineConfig
 from rusteeze.engine.block_manager import BlockManager
 from rusteeze.engine.kv_budget import allocation_error, plan_kv_cache
 from rusteeze.engine.kv_cache import allocate_kv_caches, num_blocks_for
+from rusteeze.engine.model_runner import ModelRunner
 from rusteeze.engine.outputs import RequestOutput
 from rusteeze.engine.request import Request
-from rusteeze.engine.runner import ModelRunner
 from rusteeze.engine.scheduler import Scheduler
 from rusteeze.engine.sequence import Sequence
 from rusteeze.errors import InvalidRequestError

@@ -12,7 +12,7 @@ from rusteeze.server import endpoints
 from rusteeze.server.asgi import HTTPScope, Receive, Scope, Send
 from rusteeze.server.chat import create_chat_completion
 from rusteeze.server.completions import create_completion
-from rusteeze.server.http import APIError, Request, Response
+from rusteeze.server.http import APIError, HTTPRequest, Response
 from rusteeze.server.router import Router
 from rusteeze.server.settings import ServerSettings
 from rusteeze.server.sse import ClientDisconnected, StreamingResponse
@@ -69,7 +69,7 @@ class ServerApp:
 
     async def _http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        request = Request(scope, receive)
+        request = HTTPRequest(scope, receive)
         cors = self._cors_headers(request)
         try:
             if request.method == "OPTIONS" and self.state.settings.allowed_origins:
@@ -93,7 +93,7 @@ class ServerApp:
         status = 499 if isinstance(response, StreamingResponse) and response.disconnected else response.status
         self._log(request, status, start)
 
-    def _authorize(self, request: Request) -> None:
+    def _authorize(self, request: HTTPRequest) -> None:
         key = self.state.settings.api_key
         if key is None or not (request.path == "/v1" or request.path.startswith("/v1/")):
             return
@@ -101,7 +101,7 @@ class ServerApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)", code="invalid_api_key")
 
-    def _cors_headers(self, request: Request) -> list[tuple[str, str]]:
+    def _cors_headers(self, request: HTTPRequest) -> list[tuple[str, str]]:
         allowed = self.state.settings.allowed_origins
         origin = request.headers.get("origin")
         if not allowed or origin is None:
@@ -112,7 +112,7 @@ class ServerApp:
             return [("access-control-allow-origin", origin), ("vary", "Origin")]
         return []
 
-    def _preflight(self, request: Request, cors: list[tuple[str, str]]) -> Response:
+    def _preflight(self, request: HTTPRequest, cors: list[tuple[str, str]]) -> Response:
         if not cors:
             return Response.error(APIError(400, "this origin is not allowed (CORS)", code="cors_origin_not_allowed"))
         headers = request.headers.get("access-control-request-headers", "authorization, content-type")
@@ -128,7 +128,7 @@ class ServerApp:
         )
 
     @staticmethod
-    def _log(request: Request, status: int, start: float) -> None:
+    def _log(request: HTTPRequest, status: int, start: float) -> None:
         tokens = ""
         if request.log_usage is not None:
             tokens = f" prompt_tokens={request.log_usage[0]} completion_tokens={request.log_usage[1]}"

@@ -8,14 +8,14 @@ from typing import Any
 
 from rusteeze.engine.outputs import CompletionOutput
 from rusteeze.server.generation import Generation, new_id, shutdown_abort, usage_json
-from rusteeze.server.http import APIError, Request, Response
+from rusteeze.server.http import APIError, HTTPRequest, Response
 from rusteeze.server.logprobs import chat_logprobs
 from rusteeze.server.protocol import ChatRequest, parse_chat
 from rusteeze.server.sse import DONE, StreamingResponse, cancel_on_disconnect, sse
 from rusteeze.server.state import ServerState
 
 
-async def create_chat_completion(state: ServerState, request: Request) -> Response | StreamingResponse:
+async def create_chat_completion(state: ServerState, request: HTTPRequest) -> Response | StreamingResponse:
     """Handle ``POST /v1/chat/completions``.
 
     Raises:
@@ -50,7 +50,7 @@ class _Formatter:
             return None
         return chat_logprobs(token_ids, entries, self.req.top_logprobs)
 
-    async def collect(self, request: Request) -> dict[str, Any]:
+    async def collect(self, request: HTTPRequest) -> dict[str, Any]:
         """The whole response of a non-streaming request."""
         last = None
         async for _, out in self.gen.outputs():
@@ -73,7 +73,7 @@ class _Formatter:
         request.log_usage = (usage["prompt_tokens"], usage["completion_tokens"])
         return {**self._base("chat.completion"), "choices": choices, "usage": usage}
 
-    async def stream(self, request: Request) -> AsyncIterator[bytes]:
+    async def stream(self, request: HTTPRequest) -> AsyncIterator[bytes]:
         """Server-sent chunks (the first of each choice carries the role), optional usage, ``[DONE]``."""
         usage = None
         started: set[int] = set()

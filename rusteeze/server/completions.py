@@ -8,14 +8,14 @@ from typing import Any
 
 from rusteeze.engine.outputs import CompletionOutput, RequestOutput
 from rusteeze.server.generation import Generation, new_id, shutdown_abort, usage_json
-from rusteeze.server.http import APIError, Request, Response
+from rusteeze.server.http import APIError, HTTPRequest, Response
 from rusteeze.server.logprobs import completion_logprobs, merge_completion_logprobs
 from rusteeze.server.protocol import CompletionRequest, parse_completion
 from rusteeze.server.sse import DONE, StreamingResponse, cancel_on_disconnect, sse
 from rusteeze.server.state import ServerState
 
 
-async def create_completion(state: ServerState, request: Request) -> Response | StreamingResponse:
+async def create_completion(state: ServerState, request: HTTPRequest) -> Response | StreamingResponse:
     """Handle ``POST /v1/completions``.
 
     Raises:
@@ -63,7 +63,7 @@ class _Formatter:
     def _base(self, obj: str = "text_completion") -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name}
 
-    async def collect(self, request: Request) -> dict[str, Any]:
+    async def collect(self, request: HTTPRequest) -> dict[str, Any]:
         """The whole response of a non-streaming request."""
         last: dict[int, RequestOutput] = {}
         async for i, out in self.gen.outputs():
@@ -91,7 +91,7 @@ class _Formatter:
         request.log_usage = (usage["prompt_tokens"], usage["completion_tokens"])
         return {**self._base(), "choices": choices, "usage": usage}
 
-    async def stream(self, request: Request) -> AsyncIterator[bytes]:
+    async def stream(self, request: HTTPRequest) -> AsyncIterator[bytes]:
         """Server-sent chunks: text deltas per choice, an optional usage chunk, then ``[DONE]``."""
         usages: dict[int, Any] = {}
         sent: dict[int, int] = {}  # choice index -> characters sent

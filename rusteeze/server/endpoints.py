@@ -6,13 +6,13 @@ from typing import Any
 
 from rusteeze import __version__
 from rusteeze.errors import InvalidRequestError
-from rusteeze.server.http import APIError, Request, Response, bad_request
+from rusteeze.server.http import APIError, HTTPRequest, Response, bad_request
 from rusteeze.server.metrics import CONTENT_TYPE
 from rusteeze.server.protocol import parse_messages
 from rusteeze.server.state import ServerState
 
 
-async def list_models(state: ServerState, request: Request) -> Response:
+async def list_models(state: ServerState, request: HTTPRequest) -> Response:
     """``GET /v1/models``: the one served model."""
     model = {
         "id": state.model_name,
@@ -24,7 +24,7 @@ async def list_models(state: ServerState, request: Request) -> Response:
     return Response.json({"object": "list", "data": [model]})
 
 
-async def health(state: ServerState, request: Request) -> Response:
+async def health(state: ServerState, request: HTTPRequest) -> Response:
     """``GET /health``: 200 when ready; 503 while loading, after a failed load or while stopping."""
     try:
         state.require_engine()
@@ -33,17 +33,17 @@ async def health(state: ServerState, request: Request) -> Response:
     return Response.json({"status": "ok"})
 
 
-async def version(state: ServerState, request: Request) -> Response:
+async def version(state: ServerState, request: HTTPRequest) -> Response:
     """``GET /version``."""
     return Response.json({"version": __version__})
 
 
-async def metrics(state: ServerState, request: Request) -> Response:
+async def metrics(state: ServerState, request: HTTPRequest) -> Response:
     """``GET /metrics``: Prometheus text format."""
     return Response(200, state.metrics.render(), content_type=CONTENT_TYPE)
 
 
-async def tokenize(state: ServerState, request: Request) -> Response:
+async def tokenize(state: ServerState, request: HTTPRequest) -> Response:
     """``POST /tokenize``: ``{"prompt": str}`` or ``{"messages": [...]}`` → ``{"tokens", "count", "max_model_len"}``.
 
     Raises:
@@ -77,7 +77,7 @@ async def tokenize(state: ServerState, request: Request) -> Response:
     return Response.json({"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len})
 
 
-async def detokenize(state: ServerState, request: Request) -> Response:
+async def detokenize(state: ServerState, request: HTTPRequest) -> Response:
     """``POST /detokenize``: ``{"tokens": [int]}`` → ``{"prompt": str}``.
 
     Raises:

@@ -53,7 +53,7 @@ def bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param=param)
 
 
-class Request:
+class HTTPRequest:
     """One HTTP request: method, path, headers and a size-limited body.
 
     Args:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rusteeze.server.http import APIError, Request
+from rusteeze.server.http import APIError, HTTPRequest
 
-Handler = Callable[[Request], Awaitable[Any]]
+Handler = Callable[[HTTPRequest], Awaitable[Any]]
 
 
 class Router:

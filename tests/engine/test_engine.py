@@ -162,7 +162,7 @@ def test_kv_budget_smaller_than_one_sequence_is_a_config_error(make_engine):
 
 @pytest.mark.parametrize("slice_rows", [256, 3])  # prompt positions scored per lm_head call
 def test_logprobs_and_prompt_logprobs_match_transformers(make_engine, tiny_model_dirs, monkeypatch, slice_rows):
-    from rusteeze.engine import runner
+    from rusteeze.engine import model_runner as runner
 
     monkeypatch.setattr(runner, "PROMPT_LOGPROBS_ROWS", slice_rows)
     engine = make_engine()

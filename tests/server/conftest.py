@@ -1,21 +1,14 @@
 """Server fixtures: apps over the tiny random Llama, in process (httpx) or live on uvicorn."""
 
-import asyncio
-import contextlib
-import threading
-
-import httpx
 import pytest
 import torch
+from server_helpers import MODEL, run_app
 
 from rusteeze.config import EngineConfig
 from rusteeze.engine.engine import Engine
 from rusteeze.loader.model_loader import load_model_from_path
 from rusteeze.server.app import ServerApp, create_app
-from rusteeze.server.runner import bind_socket, make_server
 from rusteeze.server.settings import ServerSettings
-
-MODEL = "tiny-llama"
 
 
 @pytest.fixture(autouse=True)
@@ -45,47 +38,6 @@ def make_app(tiny_loaded, tiny_llama_dir):
     return make
 
 
-async def wait_ready(app: ServerApp) -> None:
-    """Wait (bounded) until the app's engine has loaded; fail on a load error."""
-    for _ in range(2000):
-        if app.state.ready:
-            return
-        if app.state.load_error is not None:
-            raise app.state.load_error
-        await asyncio.sleep(0.005)
-    raise AssertionError("the engine never became ready")
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app: ServerApp, ready: bool = True):
-    """Run the app's lifespan protocol around the block (httpx's ASGITransport does not)."""
-    inbox: asyncio.Queue = asyncio.Queue()
-    outbox: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(app({"type": "lifespan"}, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    assert (await outbox.get())["type"] == "lifespan.startup.complete"
-    if ready:
-        await wait_ready(app)
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
-
-
-def run_app(app: ServerApp, fn, ready: bool = True):
-    """Run ``await fn(client)`` with an in-process httpx client, inside the app's lifespan."""
-
-    async def main():
-        async with lifespan(app, ready):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                return await fn(client)
-
-    return asyncio.run(main())
-
-
 @pytest.fixture
 def call(make_app):
     """call(fn, **settings): run ``fn(client)`` against a fresh in-process app; returns its result."""
@@ -94,26 +46,3 @@ def call(make_app):
         return run_app(make_app(engine_kw, **settings), fn)
 
     return run
-
-
-@contextlib.contextmanager
-def live_server(app: ServerApp):
-    """Serve ``app`` on uvicorn in a thread on 127.0.0.1 and a free port; yields the base URL."""
-    sock = bind_socket("127.0.0.1", 0)
-    server = make_server(app, sock, log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(4000):
-            if server.started and app.state.ready:
-                break
-            if not thread.is_alive() or app.state.load_error is not None:
-                raise AssertionError(f"the server did not start: {app.state.load_error}")
-            threading.Event().wait(0.005)
-        else:
-            raise AssertionError("the server never became ready")
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()

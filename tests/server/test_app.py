@@ -5,7 +5,7 @@ import json
 import threading
 
 import pytest
-from conftest import MODEL, run_app
+from server_helpers import MODEL, run_app
 
 from rusteeze.errors import ModelLoadError
 from rusteeze.tokenizer import Tokenizer

@@ -8,7 +8,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import live_server
+from server_helpers import live_server
 
 # JSON texts, not Python values: each is spliced into a body as is.
 JUNK = [

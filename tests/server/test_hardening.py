@@ -6,9 +6,9 @@ import socket
 import threading
 
 import httpx
-from conftest import live_server
+from server_helpers import live_server
 
-from rusteeze.server.runner import bind_socket
+from rusteeze.server.uvicorn_server import bind_socket
 from rusteeze.tokenizer import Tokenizer
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}

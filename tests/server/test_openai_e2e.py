@@ -5,7 +5,7 @@ import time
 
 import httpx
 import pytest
-from conftest import MODEL, live_server
+from server_helpers import MODEL, live_server
 
 openai = pytest.importorskip("openai")
 

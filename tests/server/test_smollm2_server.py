@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from conftest import live_server
+from server_helpers import live_server
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@
 import asyncio
 import json
 
-from conftest import lifespan, run_app
+from server_helpers import lifespan, run_app
 
 GREEDY = {"temperature": 0, "ignore_eos": True}
 
