@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LLM": "rusteeze.engine.llm",
     "SamplingParams": "rusteeze.sampling",
+    "StructuredOutputsParams": "rusteeze.structured",
     "EngineConfig": "rusteeze.config",
     "Engine": "rusteeze.engine.engine",
     "AsyncEngine": "rusteeze.engine.async_engine",
@@ -22,6 +23,7 @@ __all__ = [  # noqa: RUF022 - the version first, then the lazy names
     "__version__",
     "LLM",
     "SamplingParams",
+    "StructuredOutputsParams",
     "EngineConfig",
     "Engine",
     "AsyncEngine",
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from rusteeze.engine.llm import LLM
     from rusteeze.engine.outputs import CompletionOutput, RequestOutput
     from rusteeze.sampling import SamplingParams
+    from rusteeze.structured import StructuredOutputsParams
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rusteeze.errors import InvalidRequestError
+from rusteeze.structured.params import StructuredOutputsParams
 
 MAX_LOGPROBS = 20
 
@@ -72,6 +73,10 @@ class SamplingParams:
         prompt_logprobs: the same for each prompt token (first token: None).
         logit_bias: token id → bias in [-100, 100] added to the logits.
         skip_special_tokens: leave special tokens out of the decoded text.
+        structured_outputs: a constraint the output must satisfy (JSON schema, any
+            JSON object, regex, choice or Lark grammar), enforced by masking the
+            logits of every step; a mapping of its fields is accepted too. The
+            request ends with "stop" once the constraint is complete.
     """
 
     n: int = 1
@@ -93,8 +98,14 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
+        if self.structured_outputs is not None:
+            # Frozen: a mapping becomes the typed value once, here.
+            object.__setattr__(
+                self, "structured_outputs", StructuredOutputsParams.from_value(self.structured_outputs)
+            )
         self._validate()
 
     def _validate(self) -> None:
