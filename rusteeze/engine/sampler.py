@@ -5,7 +5,9 @@ Order of operations (per row; rows differ only in their parameters):
 1. logit_bias is added; EOS and stop_token_ids are masked while the
    completion is shorter than ``min_tokens``;
 2. penalties: repetition (HF/CTRL rule, over prompt and output tokens), then
-   presence and frequency (OpenAI rule, over output tokens);
+   presence and frequency (OpenAI rule, over output tokens); the token counts
+   are kept per sequence and updated with each step's new tokens
+   (engine/penalty_counts.py), never rebuilt from the token lists;
 3. greedy rows (temperature 0) take the argmax here;
 4. the rest: temperature, top-k, top-p, min-p (transformers' order), then one
    draw from the softmax with the exponential-race trick
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rusteeze.engine.penalty_counts import penalty_counts_of
 from rusteeze.engine.sequence import Sequence
+from rusteeze.sampling import SamplingParams
 
 Logprobs = dict[int, tuple[float, int]]  # token id → (logprob, rank), rank 1 = most likely
 
@@ -70,9 +74,15 @@ class SamplingBatch:
         use_pf = any(p.presence_penalty or p.frequency_penalty for p in ps)
         seen_prompt = output_counts = None
         if use_rep or use_pf:
-            output_counts = _counts([s.output_token_ids for s in seqs], v, device)
-        if use_rep:
-            seen_prompt = _counts([s.token_ids[: s.num_prompt_tokens] for s in seqs], v, device) > 0
+            # A penalized sequence keeps its own counts and adds only this step's new
+            # tokens; rows without penalties get zeros (their penalties are no-ops).
+            none_f = torch.zeros(v, dtype=torch.float32, device=device)  # [V]
+            none_b = torch.zeros(v, dtype=torch.bool, device=device)  # [V]
+            counts = [penalty_counts_of(s, v, device) if _penalized(s.params) else None for s in seqs]
+            output_counts = torch.stack([none_f if c is None else c.output_counts for c in counts])  # [B, V]
+            if use_rep:
+                masks = [none_b if c is None else c.prompt_mask(s) for c, s in zip(counts, seqs, strict=True)]
+                seen_prompt = torch.stack(masks)  # [B, V]
         bias = banned = None
         entries = [(i, tok, val) for i, p in enumerate(ps) for tok, val in (p.logit_bias or {}).items() if tok < v]
         if entries:
@@ -107,6 +117,11 @@ class SamplingBatch:
         )
 
 
+def _penalized(p: SamplingParams) -> bool:
+    """True when any of the count-based penalties is on."""
+    return p.repetition_penalty != 1 or bool(p.presence_penalty) or bool(p.frequency_penalty)
+
+
 def _draw_groups(seqs: list[Sequence], greedy: list[bool]) -> list[tuple[list[int], torch.Generator | None]]:
     """The non-greedy rows grouped by the generator they draw from (None: torch's global one)."""
     groups: dict[int, tuple[list[int], torch.Generator | None]] = {}
@@ -114,17 +129,6 @@ def _draw_groups(seqs: list[Sequence], greedy: list[bool]) -> list[tuple[list[in
         if not g:
             groups.setdefault(id(s.generator), ([], s.generator))[0].append(i)
     return list(groups.values())
-
-
-def _counts(rows: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[B, V] float32 occurrences of each token in each row's list."""
-    width = max((len(r) for r in rows), default=0)
-    padded = torch.full((len(rows), width + 1), vocab_size, dtype=torch.long)  # [B, L+1], pad = V
-    for i, r in enumerate(rows):
-        padded[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    counts = torch.zeros(len(rows), vocab_size + 1, device=device)
-    counts.scatter_add_(1, padded.to(device), torch.ones(padded.shape, device=device))
-    return counts[:, :vocab_size]
 
 
 def apply_penalties_and_bias(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

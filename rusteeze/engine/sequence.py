@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import torch
 
 from rusteeze.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from rusteeze.engine.penalty_counts import PenaltyCounts
 
 
 class SequenceStatus(enum.Enum):
@@ -53,6 +57,9 @@ class Sequence:
         finish_reason: "stop" | "length" | "abort" once finished.
         logprobs: per generated token, ``{token_id: (logprob, rank)}``.
         prompt_logprobs: per prompt token (the first is None), like ``logprobs``.
+        penalty_counts: the sampler's incremental token counts (a
+            ``PenaltyCounts``), made the first time the sequence samples with a
+            repetition, presence or frequency penalty; None otherwise.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class Sequence:
         self.prompt_logprobs: list[dict[int, tuple[float, int]] | None] | None = (
             [None] if params.prompt_logprobs is not None else None
         )
+        self.penalty_counts: PenaltyCounts | None = None
 
     def __repr__(self) -> str:
         return (
