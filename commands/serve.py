@@ -47,9 +47,9 @@ def serve(
         ),
     ] = None,
     served_model_name: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="The model id clients use (default: MODEL as given).",
+            help="A model id clients may use; repeat for aliases, the first is the default (default: MODEL as given).",
             metavar="NAME",
             show_default=False,
             rich_help_panel=SERVER,
@@ -109,7 +109,7 @@ def serve(
             "host": host,
             "port": port,
             "api_key": api_key,
-            "served_model_name": served_model_name,
+            "served_model_name": tuple(served_model_name) if served_model_name else None,
             "allowed_origins": tuple(origins) or None,
             "max_waiting_requests": max_waiting_requests,
             "shutdown_timeout": shutdown_timeout,
@@ -120,7 +120,7 @@ def serve(
             _check_flag(ServerSettings, key, value)
         settings = ServerSettings.from_table(sections["server"], source=f"{options.config} [server]").replace(**given)
         resolved = resolve_model(cfg.model)
-        name = settings.served_model_name or cfg.model or resolved.name
+        names = settings.served_model_name or (cfg.model or resolved.name,)
         engine_cfg = cfg.replace(model=str(resolved.path))
         log = logging.getLogger("rusteeze.server")
 
@@ -141,7 +141,7 @@ def serve(
             return engine
 
         sock = bind_socket(settings.host, settings.port)
-        run_server(create_app(settings, load, name), sock)
+        run_server(create_app(settings, load, names), sock)
 
 
 def _check_flag(settings_cls: type, key: str, value: object) -> None:

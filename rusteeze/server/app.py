@@ -6,7 +6,7 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rusteeze.server import endpoints
 from rusteeze.server.asgi import HTTPScope, Receive, Scope, Send
@@ -138,7 +138,7 @@ class ServerApp:
 def create_app(
     settings: ServerSettings,
     engine_factory: EngineFactory,
-    model_name: str,
+    model_names: str | Sequence[str],
     on_load_error: Callable[[BaseException], None] | None = None,
 ) -> ServerApp:
     """Build the ASGI app; the engine is built by ``engine_factory`` when the server starts.
@@ -146,7 +146,7 @@ def create_app(
     Args:
         settings: server settings (auth, CORS, limits).
         engine_factory: returns a loaded ``Engine``; called once in a loading thread.
-        model_name: the model id clients name in requests.
+        model_names: the model ids (aliases) clients may name in requests; the first is the default.
         on_load_error: called when ``engine_factory`` raises (e.g. to stop the server).
     """
-    return ServerApp(ServerState(settings, engine_factory, model_name, on_load_error))
+    return ServerApp(ServerState(settings, engine_factory, model_names, on_load_error))

@@ -43,7 +43,7 @@ class _Formatter:
         self.created = int(time.time())
 
     def _base(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name}
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.req.model or self.state.model_name}
 
     def _logprobs(self, token_ids: list[int], entries: list | None) -> dict[str, Any] | None:
         if not self.req.logprobs or entries is None:

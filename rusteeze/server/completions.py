@@ -61,7 +61,7 @@ class _Formatter:
         )
 
     def _base(self, obj: str = "text_completion") -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name}
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.req.model or self.state.model_name}
 
     async def collect(self, request: HTTPRequest) -> dict[str, Any]:
         """The whole response of a non-streaming request."""

@@ -13,15 +13,13 @@ from rusteeze.server.state import ServerState
 
 
 async def list_models(state: ServerState, request: HTTPRequest) -> Response:
-    """``GET /v1/models``: the one served model."""
-    model = {
-        "id": state.model_name,
-        "object": "model",
-        "created": state.created,
-        "owned_by": "rusteeze",
-        "max_model_len": state.engine.max_model_len if state.engine is not None else None,
-    }
-    return Response.json({"object": "list", "data": [model]})
+    """``GET /v1/models``: the served model, once under each of its names (the first is the default)."""
+    max_len = state.engine.max_model_len if state.engine is not None else None
+    models = [
+        {"id": name, "object": "model", "created": state.created, "owned_by": "rusteeze", "max_model_len": max_len}
+        for name in state.model_names
+    ]
+    return Response.json({"object": "list", "data": models})
 
 
 async def health(state: ServerState, request: HTTPRequest) -> Response:

@@ -17,8 +17,10 @@ class ServerSettings:
     Attributes:
         host: interface to bind (127.0.0.1: this machine only).
         port: TCP port (0 picks a free one).
-        served_model_name: the model id clients send and ``/v1/models`` lists;
-            None means the model reference given to ``serve``.
+        served_model_name: the model ids (aliases) clients may send, all listed by
+            ``/v1/models``; the first is the one reported when a request names
+            none. A string is one alias. None means the model reference given
+            to ``serve`` (the default model's name when none is given).
         api_key: when set, ``/v1/*`` requires ``Authorization: Bearer <api_key>``.
         allowed_origins: origins allowed by CORS ("*" for any); empty turns CORS off.
         max_body_bytes: larger request bodies get 413 (bytes, or a string like "4MiB").
@@ -33,7 +35,7 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    served_model_name: str | None = None
+    served_model_name: tuple[str, ...] | str | None = None
     api_key: str | None = None
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int | str = "4MiB"
@@ -46,10 +48,10 @@ class ServerSettings:
             raise ConfigError(f"host = {self.host!r} must be a non-empty string")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port = {self.port!r} must be an integer in [0, 65535]")
-        for key in ("served_model_name", "api_key"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"{key} = {value!r} must be a non-empty string")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ConfigError(f"api_key = {self.api_key!r} must be a non-empty string")
+        if self.served_model_name is not None:
+            object.__setattr__(self, "served_model_name", _model_names(self.served_model_name))
         origins = self.allowed_origins
         if isinstance(origins, str):
             origins = (origins,)
@@ -85,3 +87,18 @@ class ServerSettings:
     def replace(self, **overrides: Any) -> ServerSettings:
         """A copy with the given fields changed; ``None`` values are skipped (flag not given)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _model_names(value: object) -> tuple[str, ...]:
+    """``served_model_name`` as a tuple of distinct names (a string is one name), blanks trimmed.
+
+    Raises:
+        ConfigError: not a string or a non-empty list, or a name that is empty or not a string.
+    """
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"served_model_name = {value!r} must be a model name or a non-empty list of names")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"served_model_name = {name!r} must be a non-empty model name")
+    return tuple(dict.fromkeys(n.strip() for n in names))

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -33,7 +33,9 @@ class ServerState:
     Args:
         settings: the server settings.
         engine_factory: builds the Engine (called once, in the loading thread).
-        model_name: the id ``/v1/models`` lists and requests must name.
+        model_names: the ids (aliases) ``/v1/models`` lists and requests may name; a
+            string is one id. The first is ``model_name``, reported when a request
+            names none.
         on_load_error: called (from the loading thread) when loading fails,
             e.g. to stop the server.
     """
@@ -42,12 +44,14 @@ class ServerState:
         self,
         settings: ServerSettings,
         engine_factory: EngineFactory,
-        model_name: str,
+        model_names: str | Sequence[str],
         on_load_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
         self.engine_factory = engine_factory
-        self.model_name = model_name
+        self.model_names: tuple[str, ...] = (model_names,) if isinstance(model_names, str) else tuple(model_names)
+        assert self.model_names, "a server serves its model under at least one name"
+        self.model_name = self.model_names[0]
         self.on_load_error = on_load_error
         self.metrics = ServerMetrics()
         self.engine: Any = None
@@ -115,18 +119,18 @@ class ServerState:
         return self.aengine
 
     def check_model(self, name: str | None) -> None:
-        """Accept ``name`` when it is None or the served model.
+        """Accept ``name`` when it is None or one of the served model's names.
+
+        Responses then report the name the request used, or ``model_name`` when it
+        named none (vLLM's rule).
 
         Raises:
-            APIError: 404 naming the model that is served.
+            APIError: 404 naming the model ids that are served.
         """
-        if name is not None and name != self.model_name:
-            raise APIError(
-                404,
-                f"model {name!r} does not exist; this server serves {self.model_name!r}",
-                "model",
-                "model_not_found",
-            )
+        if name is not None and name not in self.model_names:
+            served = " or ".join(repr(n) for n in self.model_names)
+            message = f"model {name!r} does not exist; this server serves {served}"
+            raise APIError(404, message, "model", "model_not_found")
 
     # -- shutdown ---------------------------------------------------------------
 

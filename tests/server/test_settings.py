@@ -44,3 +44,26 @@ def test_unknown_table_key_suggests_the_right_one():
 def test_invalid_values(kw):
     with pytest.raises(ConfigError, match=next(iter(kw))):
         ServerSettings(**kw)
+
+
+def test_served_model_name_is_one_name_or_a_list_of_aliases():
+    assert ServerSettings().served_model_name is None
+    assert ServerSettings(served_model_name="smol").served_model_name == ("smol",)
+    table = ServerSettings.from_table({"served_model_name": ["smol", "gpt-4o-mini", "smol"]})
+    assert table.served_model_name == ("smol", "gpt-4o-mini")  # order kept, repeats dropped
+    assert table.replace(served_model_name=("other",)).served_model_name == ("other",)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], r"served_model_name = \[\] must be a model name or a non-empty list of names"),
+        (3, "served_model_name = 3 must be a model name or a non-empty list of names"),
+        (["a", ""], "served_model_name = '' must be a non-empty model name"),
+        (["a", 2], "served_model_name = 2 must be a non-empty model name"),
+        ("  ", "served_model_name = '  ' must be a non-empty model name"),
+    ],
+)
+def test_invalid_served_model_names(value, message):
+    with pytest.raises(ConfigError, match=message):
+        ServerSettings(served_model_name=value)
