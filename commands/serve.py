@@ -91,6 +91,15 @@ def serve(
             show_default=False,
         ),
     ] = False,
+    no_web_ui: Annotated[
+        bool,
+        typer.Option(
+            "--no-web-ui",
+            help="Do not serve the web chat page at / (the API is unchanged).",
+            rich_help_panel=SERVER,
+            show_default=False,
+        ),
+    ] = False,
     options: EngineOptions = NO_FLAGS,
     debug: Debug = False,
 ) -> None:
@@ -114,6 +123,7 @@ def serve(
             "max_waiting_requests": max_waiting_requests,
             "shutdown_timeout": shutdown_timeout,
             "trust_request_chat_template": trust_request_chat_template or None,
+            "web_ui": False if no_web_ui else None,
         }
         given = {key: value for key, value in flags.items() if value is not None}
         for key, value in given.items():

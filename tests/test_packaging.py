@@ -56,3 +56,11 @@ def test_console_script_is_declared(wheel, wheel_names):
 def test_import_does_not_load_triton():
     code = "import sys, rusteeze, rusteeze.kernels; assert 'triton' not in sys.modules, 'triton imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_web_ui_files_are_in_the_wheel(wheel_names):
+    web = ROOT / "rusteeze" / "server" / "web"
+    expected = {f"rusteeze/server/web/{p.name}" for p in web.iterdir() if p.is_file()}
+    assert "rusteeze/server/web/index.html" in expected
+    missing = sorted(expected - wheel_names)
+    assert not missing, f"web page files missing from the wheel (pyproject's package-data): {missing}"

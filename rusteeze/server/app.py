@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from rusteeze.server import endpoints
+from rusteeze.server import endpoints, web_ui
 from rusteeze.server.asgi import HTTPScope, Receive, Scope, Send
 from rusteeze.server.chat import create_chat_completion
 from rusteeze.server.completions import create_completion
@@ -44,6 +44,9 @@ class ServerApp:
         self.router = Router()
         for method, path, handler in _ROUTES:
             self.router.add(method, path, functools.partial(handler, state))
+        if state.settings.web_ui:
+            for path in web_ui.PAGES:
+                self.router.add("GET", path, web_ui.serve_page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point (``lifespan`` and ``http`` scopes; others are ignored)."""
@@ -70,7 +73,7 @@ class ServerApp:
     async def _http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         request = HTTPRequest(scope, receive)
-        cors = self._cors_headers(request)
+        cors = [] if web_ui.serves(request.path) else self._cors_headers(request)  # the page is same-origin
         try:
             if request.method == "OPTIONS" and self.state.settings.allowed_origins:
                 response = self._preflight(request, cors)

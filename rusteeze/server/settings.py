@@ -31,6 +31,7 @@ class ServerSettings:
         trust_request_chat_template: let requests replace the model's chat template
             (``chat_template_kwargs.chat_template``); off, that is a 400 (as in vLLM).
             Any template renders in a sandbox with a bound on its output.
+        web_ui: serve the web chat page at ``GET /`` (off: ``GET /`` is a 404).
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +43,7 @@ class ServerSettings:
     max_waiting_requests: int = 256
     shutdown_timeout: float = 30.0
     trust_request_chat_template: bool = False
+    web_ui: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -68,6 +70,8 @@ class ServerSettings:
         trust = self.trust_request_chat_template
         if not isinstance(trust, bool):
             raise ConfigError(f"trust_request_chat_template = {trust!r} must be true or false")
+        if not isinstance(self.web_ui, bool):
+            raise ConfigError(f"web_ui = {self.web_ui!r} must be true or false")
 
     @classmethod
     def from_table(cls, table: dict[str, Any], source: str = "[server]") -> ServerSettings:
