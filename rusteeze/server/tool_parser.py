@@ -1,0 +1,322 @@
+"""Tool calls out of a model's text, whole or as it streams.
+
+What the parser reads:
+
+* Hermes-style blocks anywhere in the text: ``<tool_call>{"name": "f",
+  "arguments": {...}}</tool_call>`` (Qwen2.5, Hermes, and our fallback prompt
+  for templates without tools). The closing tag may be missing at the end of
+  the output; ``"parameters"`` is read as ``"arguments"``, and arguments given
+  as a JSON string are decoded.
+* With ``forced=True`` (``tool_choice`` "required" or a named function), also
+  a bare JSON call object or array of them when the output starts with ``{``
+  or ``[`` (after whitespace): what the grammar of a forced call produces.
+
+Invariants:
+
+* The result depends only on the text, never on how it was split into
+  deltas: the deltas of :meth:`ToolCallParser.feed` and :meth:`~ToolCallParser.finish`
+  join to the same content and calls as the whole text fed at once.
+* Text that holds no call comes back as content unchanged. With calls, the
+  content is the text outside them, except the whitespace that separates a
+  call from the start or the end of the reply (a reply of calls alone has
+  empty content).
+* A call is announced (id and name) as soon as its name is complete, and its
+  arguments stream as they arrive. A block that breaks before its name is
+  complete is content, verbatim; one that breaks after keeps its name and the
+  arguments up to the break (the same when the output is cut by max_tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from rusteeze.server.json_prefix import JsonPrefixError, JsonPrefixScanner
+
+OPEN_TAG = "<tool_call>"
+CLOSE_TAG = "</tool_call>"
+_WS = " \t\n\r"
+_ARGUMENT_KEYS = ("arguments", "parameters")
+
+
+def new_call_id() -> str:
+    """A fresh tool call id, ``call_`` and 24 hex digits."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of one call: the first piece of a call has its id and name."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
+class ParsedDelta:
+    """What one :meth:`ToolCallParser.feed` adds: content text and call pieces (merged per call)."""
+
+    content: str = ""
+    calls: list[ToolCallDelta] = field(default_factory=list)
+
+    def add_call(self, piece: ToolCallDelta) -> None:
+        last = self.calls[-1] if self.calls else None
+        if last is not None and last.index == piece.index and piece.id is None:
+            last.arguments += piece.arguments
+        else:
+            self.calls.append(piece)
+
+
+@dataclass
+class ToolCall:
+    """One parsed call: ``arguments`` is its JSON text."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+class _CallReader:
+    """Reads one call object (at path ``base`` of the scanned JSON); announces it once its name is complete."""
+
+    def __init__(self, base: tuple) -> None:
+        self.base = base
+        self.name_text = ""  # the name's JSON text
+        self.call: ToolCall | None = None  # set when announced
+        self.index = -1
+        self.args_key: str | None = None  # "arguments" or "parameters", whichever came first
+        self.args_text = ""  # the arguments' JSON text so far
+        self.args_closed = False
+
+    def on_char(self, ch: str, path: tuple, closed: list[tuple], out: ParsedDelta, index: int) -> ToolCall | None:
+        """Take one scanned character; return the call when this character announces it.
+
+        Raises:
+            JsonPrefixError: the object cannot be a call (a name that is not a string, no name).
+        """
+        announced = None
+        rel = path[len(self.base) :] if path[: len(self.base)] == self.base else ()
+        if rel and rel[0] == "name" and self.call is None:
+            self.name_text += ch
+        elif rel and rel[0] in _ARGUMENT_KEYS and self.args_key in (None, rel[0]) and not self.args_closed:
+            self.args_key = rel[0]
+            self.args_text += ch
+            if self.call is not None and not self._args_is_string():
+                self._add_arguments(ch, out)
+        for done in closed:
+            if done == (*self.base, "name") and self.call is None:
+                announced = self._announce(out, index)
+            elif self.args_key is not None and done == (*self.base, self.args_key) and not self.args_closed:
+                self.args_closed = True
+                if self.call is not None and self._args_is_string():
+                    self._add_arguments(json.loads(self.args_text), out)
+            elif done == self.base:
+                if self.call is None:
+                    raise JsonPrefixError('a call needs a "name"')
+                if self.args_key is None:
+                    self._add_arguments("{}", out)
+        return announced
+
+    def _args_is_string(self) -> bool:
+        return self.args_text.startswith('"')
+
+    def _add_arguments(self, text: str, out: ParsedDelta) -> None:
+        assert self.call is not None
+        self.call.arguments += text
+        out.add_call(ToolCallDelta(self.index, arguments=text))
+
+    def _announce(self, out: ParsedDelta, index: int) -> ToolCall:
+        name = json.loads(self.name_text)
+        if not isinstance(name, str) or not name:
+            raise JsonPrefixError(f'a call\'s "name" must be a non-empty string, got {self.name_text}')
+        self.call, self.index = ToolCall(new_call_id(), name), index
+        out.add_call(ToolCallDelta(index, self.call.id, name))
+        if self._args_is_string():
+            if self.args_closed:
+                self._add_arguments(json.loads(self.args_text), out)
+        elif self.args_text:
+            self._add_arguments(self.args_text, out)
+        return self.call
+
+
+class ToolCallParser:
+    """Splits a model's output into content and tool calls, incrementally.
+
+    Args:
+        forced: the request forces a call (``tool_choice`` "required" or named): a bare JSON
+            call object or array at the start of the output is read as calls too.
+
+    Attributes:
+        calls: the calls announced so far, in order; their ``arguments`` grow as they stream.
+        content: the content emitted so far.
+    """
+
+    def __init__(self, forced: bool = False) -> None:
+        self.calls: list[ToolCall] = []
+        self.content = ""
+        self._mode = "start" if forced else "text"  # start | text | call | json | close | skip | done
+        self._held = ""  # raw text not decided yet: leading whitespace, or a possible tag prefix
+        self._ws = ""  # trailing content whitespace, held until we know whether a call follows it
+        self._has_content = False  # some non-whitespace content was emitted
+        self._raw = ""  # the current block's raw text, replayed as content when it proves not to be a call
+        self._scanner = JsonPrefixScanner()
+        self._array: bool | None = None  # the current block is an array of calls
+        self._readers: dict[int | None, _CallReader] = {}  # the current block's calls, by array index
+
+    def feed(self, text: str) -> ParsedDelta:
+        """Add a text delta; return the content and call pieces it completes."""
+        out = ParsedDelta()
+        self._feed(text, out)
+        self.content += out.content
+        return out
+
+    def finish(self) -> ParsedDelta:
+        """End of the output: decide what was held back; return the last pieces."""
+        out = ParsedDelta()
+        while self._mode in ("call", "json") and not self._block_announced():
+            self._feed(self._not_a_call(out), out)
+        if self._mode in ("start", "text"):
+            self._content(self._held, out)
+        if not self.calls:
+            out.content += self._ws
+        self._mode, self._held, self._ws = "done", "", ""
+        self.content += out.content
+        return out
+
+    # ------------------------------------------------------------ internals
+    def _feed(self, text: str, out: ParsedDelta) -> None:
+        steps = {"start": self._start, "text": self._text, "call": self._json, "json": self._json}
+        steps.update(close=self._close, skip=self._skip)
+        while text and self._mode != "done":
+            text = steps[self._mode](text, out)
+
+    def _content(self, text: str, out: ParsedDelta) -> None:
+        if self.calls and not self._has_content:
+            text = text.lstrip(_WS)  # between the start of the reply and a call
+        text = self._ws + text
+        body = text.rstrip(_WS)
+        self._ws = text[len(body) :]
+        if body:
+            out.content += body
+            self._has_content = True
+
+    def _block_announced(self) -> bool:
+        return any(r.call is not None for r in self._readers.values())
+
+    def _begin_block(self, mode: str, raw: str) -> None:
+        self._mode, self._raw, self._held = mode, raw, ""
+        self._scanner, self._array, self._readers = JsonPrefixScanner(), None, {}
+
+    def _end_block(self) -> None:
+        self._mode, self._held, self._readers = "text", "", {}
+
+    def _start(self, text: str, out: ParsedDelta) -> str:
+        body = text.lstrip(_WS)
+        self._held += text[: len(text) - len(body)]
+        if not body:
+            return ""
+        if body[0] in "{[":
+            self._begin_block("json", self._held)
+            return body
+        self._mode, body, self._held = "text", self._held + body, ""
+        return body
+
+    def _text(self, text: str, out: ParsedDelta) -> str:
+        buf, self._held = self._held + text, ""
+        i = buf.find(OPEN_TAG)
+        if i < 0:
+            keep = next((k for k in range(min(len(OPEN_TAG) - 1, len(buf)), 0, -1) if buf.endswith(OPEN_TAG[:k])), 0)
+            self._held = buf[len(buf) - keep :]
+            self._content(buf[: len(buf) - keep], out)
+            return ""
+        self._content(buf[:i], out)
+        self._begin_block("call", "")
+        return buf[i + len(OPEN_TAG) :]
+
+    def _json(self, text: str, out: ParsedDelta) -> str:
+        scanner = self._scanner
+        for pos, ch in enumerate(text):
+            if scanner.done and ch not in _WS and self._mode == "call":
+                self._mode = "close"
+                return text[pos:]
+            self._raw += ch
+            try:
+                path = scanner.feed(ch)
+                self._route(ch, path, scanner.closed, out)
+            except JsonPrefixError:
+                return self._broken(out) + text[pos + 1 :]
+        return ""
+
+    def _route(self, ch: str, path: tuple, closed: list[tuple], out: ParsedDelta) -> None:
+        if self._array is None and ch not in _WS:
+            self._array = ch == "["
+        if self._array and not path:
+            return  # the array's own brackets, commas and whitespace
+        key, base = (path[0], path[:1]) if self._array else (None, ())
+        reader = self._readers.get(key)
+        if reader is None:
+            if path == base and ch in _WS:
+                return
+            if path != base or ch != "{":
+                raise JsonPrefixError("a call must be a JSON object")
+            reader = self._readers[key] = _CallReader(base)
+        call = reader.on_char(ch, path, closed, out, len(self.calls))
+        if call is not None:
+            self.calls.append(call)
+            if not self._has_content:
+                self._ws = ""  # whitespace between the start of the reply and a call is not content
+
+    def _broken(self, out: ParsedDelta) -> str:
+        """The block cannot be (more of) a call: keep its calls, or give its text back as content."""
+        if not self._block_announced():
+            return self._not_a_call(out)
+        if self._mode == "call":
+            self._mode, self._held = "skip", ""
+        else:
+            self._mode = "done"  # a forced call's JSON broke: what follows is not part of the reply
+        return ""
+
+    def _not_a_call(self, out: ParsedDelta) -> str:
+        """Leave a block that holds no call: its text (to replay as text) after the tag, as content."""
+        literal, raw = (OPEN_TAG if self._mode == "call" else ""), self._raw
+        self._mode, self._held, self._readers = "text", "", {}
+        self._content(literal, out)
+        return raw
+
+    def _close(self, text: str, out: ParsedDelta) -> str:
+        for pos, ch in enumerate(text):
+            if not self._held and ch in _WS:
+                continue
+            candidate = self._held + ch
+            if not CLOSE_TAG.startswith(candidate):  # no closing tag: the call ended anyway
+                held = self._held
+                self._end_block()
+                return held + text[pos:]
+            self._held = candidate
+            if candidate == CLOSE_TAG:
+                self._end_block()
+                return text[pos + 1 :]
+        return ""
+
+    def _skip(self, text: str, out: ParsedDelta) -> str:
+        buf = self._held + text
+        i = buf.find(CLOSE_TAG)
+        if i >= 0:
+            self._end_block()
+            return buf[i + len(CLOSE_TAG) :]
+        keep = next((k for k in range(min(len(CLOSE_TAG) - 1, len(buf)), 0, -1) if buf.endswith(CLOSE_TAG[:k])), 0)
+        self._held = buf[len(buf) - keep :]
+        return ""
+
+
+def parse_tool_calls(text: str, forced: bool = False) -> tuple[str | None, list[ToolCall]]:
+    """Parse a whole output: ``(content, calls)``; content is None when there are calls and no text."""
+    parser = ToolCallParser(forced)
+    parser.feed(text)
+    parser.finish()
+    if parser.calls and not parser.content:
+        return None, parser.calls
+    return parser.content, parser.calls
