@@ -26,6 +26,7 @@ from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
 from rusteeze.server.http import APIError, bad_request
 from rusteeze.server.metrics import RequestTimer
+from rusteeze.server.prefill_log import prefill_log
 from rusteeze.server.state import ServerState
 
 _DONE = object()
@@ -101,13 +102,16 @@ class Generation:
         state.inflight.add(rid)
         waiting, last = True, None
         try:
-            async for out in self.aengine.run(self.requests[i], cumulative=False):
-                if waiting:
-                    waiting = False
-                    state.num_waiting -= 1
-                timer.observe(out)
-                last = out
-                yield out
+            with prefill_log(self.requests[i]) as prefill:  # progress lines for a long prompt
+                async for out in self.aengine.run(self.requests[i], cumulative=False):
+                    if waiting:
+                        waiting = False
+                        state.num_waiting -= 1
+                        if prefill is not None:
+                            prefill.finish()
+                    timer.observe(out)
+                    last = out
+                    yield out
         except InvalidRequestError as e:  # raced: e.g. a duplicate id
             raise bad_request(str(e), param=e.param) from None
         except EngineStepError as e:  # a fault of the engine, not of the request
