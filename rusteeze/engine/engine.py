@@ -19,6 +19,7 @@ from rusteeze.engine.scheduler import Scheduler
 from rusteeze.engine.sequence import Sequence
 from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
+from rusteeze.structured.compiler import compiler_for
 
 
 class EngineStepError(RuntimeError):
@@ -154,6 +155,10 @@ class Engine:
             else:
                 seq.generator = self.generator
             seqs.append(seq)
+        if params.structured_outputs is not None:  # compiled once per constraint, a matcher per sequence
+            compiler = compiler_for(self.tokenizer, vocab, self.eos_token_ids)
+            for seq in seqs:
+                seq.grammar = compiler.matcher(params.structured_outputs)
         return Request(request_id, text, ids, params, seqs, self.tokenizer, time.time())
 
     def add(self, request: Request) -> None:

@@ -111,8 +111,8 @@ class Request:
             c.logprobs.append(entry)
             c.cumulative_logprob += entry[new[-1]].logprob
         # The token that ended the completion by id (EOS / stop id) is kept in
-        # token_ids but not in the text, as in vLLM.
-        if seq.finish_reason == "stop":
+        # token_ids but not in the text, as in vLLM. (A completed grammar ends on an ordinary token.)
+        if seq.finish_reason == "stop" and seq.is_end_token(new[-1]):
             c.stop_reason = new[-1] if new[-1] in seq.params.stop_token_ids else None
             new = new[:-1]
         emit, stopped = c.matcher.feed(c.detok.add(new) if new else "")

@@ -2,6 +2,10 @@
 
 Order of operations (per row; rows differ only in their parameters):
 
+0. structured output: on rows whose sequence has a grammar, tokens the grammar
+   does not allow next are set to -inf (rusteeze/structured/bitmask.py; rows
+   without one are untouched, and nothing is done when no row has one). Such
+   rows skip the ``min_tokens`` ban below: the grammar decides where they end;
 1. logit_bias is added; EOS and stop_token_ids are masked while the
    completion is shorter than ``min_tokens``;
 2. penalties: repetition (HF/CTRL rule, over prompt and output tokens), then
@@ -33,6 +37,7 @@ import torch
 from rusteeze.engine.penalty_counts import penalty_counts_of
 from rusteeze.engine.sequence import Sequence
 from rusteeze.sampling import SamplingParams
+from rusteeze.structured.bitmask import GrammarMasks, apply_grammar_mask, grammar_masks
 
 Logprobs = dict[int, tuple[float, int]]  # token id → (logprob, rank), rank 1 = most likely
 
@@ -59,6 +64,7 @@ class SamplingBatch:
     banned: tuple[torch.Tensor, torch.Tensor] | None  # (rows, cols) set to -inf
     draws: list[tuple[list[int], torch.Generator | None]]  # sampling rows grouped by generator, first-row order
     num_logprobs: list[int | None]  # per row
+    grammar: GrammarMasks | None = None  # structured-output bitmasks of the constrained rows
 
     @classmethod
     def from_sequences(cls, seqs: list[Sequence], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -90,7 +96,7 @@ class SamplingBatch:
             bias = (col(list(b_rows), torch.long), col(list(b_cols), torch.long), col(list(b_vals)))
         x_rows, x_cols = [], []
         for i, s in enumerate(seqs):
-            if s.num_output_tokens < s.params.min_tokens:
+            if s.num_output_tokens < s.params.min_tokens and s.grammar is None:
                 ids = set(s.params.stop_token_ids) | (set() if s.params.ignore_eos else set(s.eos_token_ids))
                 x_rows += [i] * len(ids)
                 x_cols += sorted(ids)
@@ -114,6 +120,7 @@ class SamplingBatch:
             banned=banned,
             draws=_draw_groups(seqs, greedy),
             num_logprobs=[p.logprobs for p in ps],
+            grammar=grammar_masks(seqs),
         )
 
 
@@ -184,7 +191,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, li
         the top ``logprobs`` alternatives of the raw distribution) or None.
     """
     raw = logits
-    logits = apply_penalties_and_bias(logits.clone(), batch)
+    logits = apply_penalties_and_bias(apply_grammar_mask(logits.clone(), batch.grammar), batch)
     tokens = logits.argmax(dim=-1)  # [B]
     if not batch.all_greedy:
         probs = apply_truncation(logits, batch).softmax(dim=-1)  # [B, V]

@@ -11,6 +11,7 @@ from rusteeze.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from rusteeze.engine.penalty_counts import PenaltyCounts
+    from rusteeze.structured.compiler import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -60,6 +61,10 @@ class Sequence:
         penalty_counts: the sampler's incremental token counts (a
             ``PenaltyCounts``), made the first time the sequence samples with a
             repetition, presence or frequency penalty; None otherwise.
+        grammar: the structured-output matcher (``rusteeze.structured``) when the
+            request has a constraint: it has consumed exactly the output tokens
+            (tokens are consumed once, when appended; a recompute after
+            preemption appends nothing, so it consumes nothing).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Sequence:
             [None] if params.prompt_logprobs is not None else None
         )
         self.penalty_counts: PenaltyCounts | None = None
+        self.grammar: GrammarMatcher | None = None
 
     def __repr__(self) -> str:
         return (
@@ -124,18 +130,22 @@ class Sequence:
         """True once the sequence has stopped (for any reason)."""
         return self.status is SequenceStatus.FINISHED
 
+    def is_end_token(self, token_id: int) -> bool:
+        """True for a stop token id, or an EOS token unless ``ignore_eos``."""
+        return token_id in self.params.stop_token_ids or (not self.params.ignore_eos and token_id in self.eos_token_ids)
+
     def append_token(self, token_id: int) -> None:
         """Append a sampled token and set ``finish_reason`` when a stop condition holds.
 
-        Checks, in order: a stop token id or (unless ``ignore_eos``) an EOS token,
-        once ``min_tokens`` exist → "stop"; ``max_tokens`` reached → "length".
-        Stop *strings* are the engine's job (they need the text).
+        Checks, in order: the grammar is complete, or a stop token id or (unless
+        ``ignore_eos``) an EOS token once ``min_tokens`` exist → "stop";
+        ``max_tokens`` reached → "length". Stop *strings* are the engine's job
+        (they need the text).
         """
         self.token_ids.append(token_id)
         n = self.num_output_tokens
-        if n >= self.params.min_tokens and (
-            token_id in self.params.stop_token_ids or (not self.params.ignore_eos and token_id in self.eos_token_ids)
-        ):
+        grammar_complete = self.grammar is not None and self.grammar.advance(token_id)
+        if grammar_complete or (n >= self.params.min_tokens and self.is_end_token(token_id)):
             self.finish_reason = "stop"
         elif n >= self.max_tokens:
             self.finish_reason = "length"
