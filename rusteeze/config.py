@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rusteeze.engine.spec_decode.config import SpeculativeConfig
 from rusteeze.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -22,6 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KERNEL_BACKENDS = ("auto", "triton", "numba", "torch")
 SECTION_TABLES = ("server", "chat")
+ENGINE_TABLES = ("speculative",)  # tables that are EngineConfig fields
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -73,7 +75,9 @@ class EngineConfig:
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
         max_model_len: longest context (prompt + output); None means the model's.
         block_size: tokens per KV-cache block.
-        kv_cache_memory: bytes for the KV cache (or a string like "2GiB").
+        kv_cache_memory: bytes for the KV cache (or a string like "2GiB"); None: 1 GiB on the
+            CPU, and on CUDA ``gpu_memory_utilization`` of the GPU's memory less what the weights,
+            the rest of the device and a profiled activation peak take (as vLLM does).
         max_num_seqs: most sequences in one step.
         max_num_batched_tokens: most tokens (prefill + decode) in one step.
         enable_prefix_caching: reuse KV blocks of identical prompt prefixes.
@@ -84,6 +88,12 @@ class EngineConfig:
         gguf_direct: load a GGUF's Q8_0/Q4_0/Q4_1 tensors straight into the int8/int4
             quantized layers; False dequantizes every GGUF tensor to ``dtype`` (the
             float path). No effect on other models.
+        speculative: speculative decoding (the ``[speculative]`` table: ``method``,
+            ``num_speculative_tokens``, ``prompt_lookup_min``/``_max``, ``draft_model``; a dict is
+            turned into a ``SpeculativeConfig``); None (the default): off.
+        enforce_eager: run every step eagerly (no CUDA graphs for decode steps on CUDA).
+        gpu_memory_utilization: the fraction (0 < x <= 1) of the GPU's memory the engine may
+            use when ``kv_cache_memory`` is unset on CUDA.
     """
 
     model: str | None = None
@@ -91,13 +101,16 @@ class EngineConfig:
     device: str = "auto"
     max_model_len: int | None = None
     block_size: int = 16
-    kv_cache_memory: int | str = "1GiB"
+    kv_cache_memory: int | str | None = None
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"
     seed: int = 0
     gguf_direct: bool = True
+    speculative: SpeculativeConfig | dict | None = None
+    enforce_eager: bool = False
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -118,7 +131,14 @@ class EngineConfig:
             raise ConfigError(f"enable_prefix_caching = {self.enable_prefix_caching!r} must be true or false")
         if not isinstance(self.gguf_direct, bool):
             raise ConfigError(f"gguf_direct = {self.gguf_direct!r} must be true or false")
-        object.__setattr__(self, "kv_cache_memory", parse_size(self.kv_cache_memory, "kv_cache_memory"))
+        object.__setattr__(self, "speculative", SpeculativeConfig.coerce(self.speculative))
+        if not isinstance(self.enforce_eager, bool):
+            raise ConfigError(f"enforce_eager = {self.enforce_eager!r} must be true or false")
+        utilization = self.gpu_memory_utilization
+        if isinstance(utilization, bool) or not isinstance(utilization, (int, float)) or not 0 < utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization = {utilization!r} must be a number in (0, 1], e.g. 0.9")
+        if self.kv_cache_memory is not None:
+            object.__setattr__(self, "kv_cache_memory", parse_size(self.kv_cache_memory, "kv_cache_memory"))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -174,9 +194,9 @@ def load_config_file(path: str | Path) -> tuple[EngineConfig, dict[str, dict[str
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{name}] must be a table")
         sections[name] = table
-    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    nested = [k for k, v in data.items() if isinstance(v, dict) and k not in ENGINE_TABLES]
     if nested:
-        allowed = ", ".join(f"[{t}]" for t in SECTION_TABLES)
+        allowed = ", ".join(f"[{t}]" for t in SECTION_TABLES + ENGINE_TABLES)
         raise ConfigError(f"{path}: unknown table [{nested[0]}]; the tables are {allowed}")
     try:
         return EngineConfig.from_dict(data, source=str(path)), sections

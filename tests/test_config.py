@@ -8,7 +8,8 @@ from rusteeze.errors import ConfigError
 
 def test_defaults_are_valid_and_frozen():
     config = EngineConfig()
-    assert config.kv_cache_memory == 1024**3
+    assert config.kv_cache_memory is None  # 1 GiB on the CPU, profiled on CUDA (engine/kv_budget.py)
+    assert (config.enforce_eager, config.gpu_memory_utilization) == (False, 0.9)
     assert config.enable_prefix_caching and config.kernel_backend == "auto"
     assert config.gguf_direct is True
     with pytest.raises(AttributeError):

@@ -272,6 +272,17 @@ class BlockManager:
                 seq.block_table[i] = NULL_BLOCK
         seq.num_released_blocks = max(seq.num_released_blocks, num_dead)
 
+    def free_trailing(self, seq: Sequence, num_tokens: int) -> None:
+        """Free the blocks of ``seq`` past the first ``num_tokens`` tokens (rejected speculative drafts).
+
+        Such blocks hold no computed token, so they are not in the prefix cache.
+        """
+        keep = -(-num_tokens // self.block_size)
+        while len(seq.block_table) > keep:
+            block = seq.block_table.pop()
+            assert block != NULL_BLOCK and self._hash[block] is None, "a trailing block is never cached"
+            self._unref(block)
+
     def free(self, seq: Sequence) -> None:
         """Drop all of ``seq``'s blocks (last block first) and reset its table."""
         for block in reversed(seq.block_table):

@@ -10,7 +10,8 @@ import torch
 
 from rusteeze.config import EngineConfig
 from rusteeze.engine.block_manager import BlockManager
-from rusteeze.engine.kv_budget import allocation_error, plan_kv_cache
+from rusteeze.engine.cuda_graphs import build_decode_graphs
+from rusteeze.engine.kv_budget import allocation_error, plan_kv_cache, resolve_kv_cache_memory
 from rusteeze.engine.kv_cache import allocate_kv_caches, num_blocks_for
 from rusteeze.engine.model_runner import ModelRunner
 from rusteeze.engine.outputs import RequestOutput
@@ -55,6 +56,7 @@ class Engine:
             from rusteeze.loader.model_loader import load_model
 
             loaded = load_model(config)
+        config = resolve_kv_cache_memory(config, loaded.model, loaded.device)  # unset: 1 GiB on CPU, profiled on CUDA
         self.config = config
         self.loaded = loaded
         self.model_config = cfg = loaded.config
@@ -77,6 +79,7 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching, cfg.sliding_window)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device, self.block_manager)
+        self.runner.decode_graphs = build_decode_graphs(config, loaded.kernel_backend, self.runner, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         # Unseeded requests sample from this engine's own generator: reproducible for a given

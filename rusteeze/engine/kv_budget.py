@@ -10,6 +10,11 @@ key, the value and a value that works:
 * a budget larger than the memory of the device (physical memory, or the cgroup limit, on CPU;
   free memory on CUDA).
 
+``kv_cache_memory`` unset is resolved first (`resolve_kv_cache_memory`): 1 GiB on the CPU; on
+CUDA, vLLM's rule: the engine may use ``gpu_memory_utilization`` of the GPU's memory, and the KV
+cache gets what is left of that after what the device already holds (the weights, the CUDA
+context, other processes) and the activation peak of a profiled ``max_num_batched_tokens`` step.
+
 With ``max_model_len`` unset the context is the model's, shortened to what the budget holds
 (``KVPlan.shortened`` says so). Front ends call `check_usable`, which refuses a context shortened
 below 512 tokens (a budget of a few KiB would leave a 16-token "context") and otherwise returns a
@@ -25,12 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from rusteeze.config import EngineConfig
 from rusteeze.engine.kv_cache import bytes_per_block
+from rusteeze.engine.model_runner import PROMPT_LOGPROBS_ROWS
 from rusteeze.errors import ConfigError
+from rusteeze.models.attention import AttentionMetadata
 from rusteeze.models.config import ModelConfig
 
+CPU_KV_CACHE_MEMORY = 1024**3  # kv_cache_memory unset on the CPU
 MIN_CONTEXT = 512  # the shortest context check_usable accepts when the budget picks it
 _UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 
@@ -45,6 +54,7 @@ class KVPlan:
         bytes_per_token: KV bytes of one token, all layers, keys and values.
         model_context: the model's own context (``max_position_embeddings``).
         shortened: True when ``max_model_len`` was unset and the budget holds less than the model's context.
+        budget: the KV-cache bytes planned for (``kv_cache_memory``, resolved when it was unset).
     """
 
     max_model_len: int
@@ -52,6 +62,7 @@ class KVPlan:
     bytes_per_token: int
     model_context: int
     shortened: bool
+    budget: int
 
     def bytes_for(self, tokens: int, block_size: int) -> int:
         """The budget that holds ``tokens`` tokens (whole blocks)."""
@@ -64,7 +75,11 @@ def plan_kv_cache(model: ModelConfig, config: EngineConfig, dtype: torch.dtype, 
     Raises:
         ConfigError: see the module doc; the message names ``max_model_len`` or ``kv_cache_memory``.
     """
-    bs, budget, context = config.block_size, int(config.kv_cache_memory), model.max_position_embeddings
+    budget = config.kv_cache_memory
+    if budget is None:  # unset: the CPU default; CUDA's is profiled with the model (resolve_kv_cache_memory)
+        assert device.type != "cuda", "resolve_kv_cache_memory() first"
+        budget = CPU_KV_CACHE_MEMORY
+    bs, context = config.block_size, model.max_position_embeddings
     per_block = bytes_per_block(model, bs, dtype)
     per_token = per_block // bs
     num_blocks = budget // per_block
@@ -95,7 +110,101 @@ def plan_kv_cache(model: ModelConfig, config: EngineConfig, dtype: torch.dtype, 
             f"kv_cache_memory = {size(budget)} is more than the {size(limit)} of {where}; use less: {whole}"
         )
     max_model_len = asked if asked is not None else min(context, holds)
-    return KVPlan(max_model_len, num_blocks, per_token, context, asked is None and holds < context)
+    return KVPlan(max_model_len, num_blocks, per_token, context, asked is None and holds < context, budget)
+
+
+def resolve_kv_cache_memory(config: EngineConfig, model: nn.Module, device: torch.device) -> EngineConfig:
+    """``config`` with ``kv_cache_memory`` set: unchanged when given; else the default for ``device``.
+
+    On CUDA this runs one profiling forward of ``max_num_batched_tokens`` tokens (see
+    :func:`profile_activation_peak`), so call it after the weights are loaded and before the cache
+    is allocated.
+
+    Raises:
+        ConfigError: on CUDA, nothing is left for the KV cache (see :func:`cuda_kv_budget`).
+    """
+    if config.kv_cache_memory is not None:
+        return config
+    if device.type != "cuda":
+        return config.replace(kv_cache_memory=CPU_KV_CACHE_MEMORY)
+    peak = profile_activation_peak(model, config, device)
+    torch.cuda.empty_cache()  # the profile's activations go back to the device's free memory
+    free, total = torch.cuda.mem_get_info(device)
+    return config.replace(kv_cache_memory=cuda_kv_budget(total, free, peak, config.gpu_memory_utilization))
+
+
+def cuda_kv_budget(total: int, free: int, activation_peak: int, utilization: float) -> int:
+    """The KV-cache bytes on a GPU of ``total`` bytes with ``free`` bytes free after the weights loaded.
+
+    The engine may use ``utilization × total``; what the device already holds (``total - free``:
+    the weights, the CUDA context, other processes) and the activation peak of the largest step
+    come out of that, and the KV cache gets the rest.
+
+    Raises:
+        ConfigError: nothing is left; the message gives the figures and both ways out.
+    """
+    allowed = int(total * utilization)
+    used = total - free
+    budget = allowed - used - activation_peak
+    if budget <= 0:
+        raise ConfigError(
+            f"gpu_memory_utilization = {utilization} allows {size(allowed)} of the GPU's {size(total)}, but "
+            f"{size(used)} is in use (weights, CUDA context, other processes) and a step's activations take "
+            f"{size(activation_peak)}, leaving nothing for the KV cache; raise gpu_memory_utilization, "
+            "lower max_num_batched_tokens, or set kv_cache_memory"
+        )
+    return budget
+
+
+def profile_batch(
+    config: EngineConfig, model_context: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, int]:
+    """The largest step ``config`` schedules: ``max_num_batched_tokens`` tokens over up to ``max_num_seqs`` prompts.
+
+    Every token's slot is -1 (nothing is written) and every block-table entry is block 0, so the
+    step runs over a one-block cache.
+
+    Returns:
+        input_ids [T] int64 (zeros), positions [T] int64, the metadata, and the rows whose logits
+        a step computes at most (sampled rows, or one slice of prompt-logprob rows).
+    """
+    tokens = config.max_num_batched_tokens
+    seqs = min(config.max_num_seqs, tokens)
+    q_lens = [tokens // seqs + (b < tokens % seqs) for b in range(seqs)]  # [B], summing to T
+    positions = torch.cat([torch.arange(n) for n in q_lens]).clamp_(max=model_context - 1)  # [T]
+    cu = torch.zeros(seqs + 1, dtype=torch.int32)  # [B + 1]
+    cu[1:] = torch.cumsum(torch.tensor(q_lens), 0)
+    blocks = math.ceil(max(q_lens) / config.block_size)
+    meta = AttentionMetadata(
+        cu_seqlens_q=cu.to(device),
+        seq_lens=torch.tensor(q_lens, dtype=torch.int32, device=device),
+        slot_mapping=torch.full((tokens,), -1, dtype=torch.long, device=device),
+        block_tables=torch.zeros(seqs, blocks, dtype=torch.int32, device=device),
+    )
+    ids = torch.zeros(tokens, dtype=torch.long, device=device)
+    return ids, positions.to(device), meta, min(tokens, max(seqs, PROMPT_LOGPROBS_ROWS))
+
+
+@torch.inference_mode()
+def run_profile_step(model: nn.Module, config: EngineConfig, device: torch.device) -> torch.Tensor:
+    """One forward of :func:`profile_batch` over a zeroed one-block cache, plus its logits; returns [R, V] log-probs."""
+    cfg = model.config
+    ids, positions, meta, rows = profile_batch(config, cfg.max_position_embeddings, device)
+    dtype = model.norm.weight.dtype
+    shape = (1, config.block_size, cfg.num_key_value_heads, cfg.head_dim)  # [1, block_size, Hk, D]
+    caches = [(torch.zeros(shape, dtype=dtype, device=device),) * 2 for _ in range(cfg.num_hidden_layers)]
+    hidden = model(ids, positions, caches, meta)  # [T, H]
+    return torch.log_softmax(model.compute_logits(hidden[:rows]), dim=-1)  # [R, V] float32, as the sampler makes
+
+
+def profile_activation_peak(model: nn.Module, config: EngineConfig, device: torch.device) -> int:
+    """Bytes the largest step allocates on the GPU above the weights (``torch.cuda.max_memory_allocated``)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run_profile_step(model, config, device)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def check_usable(plan: KVPlan, config: EngineConfig, minimum: int = MIN_CONTEXT) -> str | None:
@@ -111,7 +220,7 @@ def check_usable(plan: KVPlan, config: EngineConfig, minimum: int = MIN_CONTEXT)
     """
     if not plan.shortened:
         return None
-    budget, bs = int(config.kv_cache_memory), config.block_size
+    budget, bs = plan.budget, config.block_size
     whole = (
         f"{size_up(plan.bytes_for(plan.model_context, bs))} holds the model's whole {plan.model_context}-token context"
     )

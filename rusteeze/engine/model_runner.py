@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from rusteeze.engine.kv_cache import KVCache, poison_blocks
 from rusteeze.engine.sampler import Logprobs, SamplingBatch, gather_logprobs, sample
 from rusteeze.engine.scheduler import SchedulerOutput
 from rusteeze.models.attention import AttentionMetadata
+
+if TYPE_CHECKING:
+    from rusteeze.engine.cuda_graphs import DecodeGraphRunner
 
 PROMPT_LOGPROBS_ROWS = 256  # prompt positions scored per lm_head call
 
@@ -57,6 +61,7 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.device = device
         self.block_manager = block_manager
+        self.decode_graphs: DecodeGraphRunner | None = None  # CUDA graphs for decode steps (engine/cuda_graphs.py)
 
     @property
     def poison(self) -> bool:
@@ -65,7 +70,7 @@ class ModelRunner:
         return bm is not None and bm.poison and self.kv_caches[0][0].shape[0] > bm.num_blocks
 
     @property
-    def _unread_block(self) -> int:
+    def unread_block(self) -> int:
         """Block id for block-table entries never read: released or padding (the NaN block in debug mode)."""
         return self.block_manager.num_blocks if self.poison else 0
 
@@ -79,7 +84,7 @@ class ModelRunner:
         ids, pos, slots = [], [], []
         q_lens = np.array([s.num_new_tokens for s in scheduled], dtype=np.int32)  # [B]
         max_blocks = max(len(s.seq.block_table) for s in scheduled)
-        unread = self._unread_block
+        unread = self.unread_block
         tables = np.full((len(scheduled), max_blocks), unread, dtype=np.int32)  # [B, max_blocks]
         for b, s in enumerate(scheduled):
             table = np.asarray(s.seq.block_table, dtype=np.int64)
@@ -116,7 +121,10 @@ class ModelRunner:
         if self.block_manager is not None:
             poison_blocks(self.kv_caches, self.block_manager.take_poisoned())
         input_ids, positions, meta = self.prepare(out)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
+        graphs = self.decode_graphs
+        hidden = graphs.forward(input_ids, positions, meta) if graphs is not None else None  # None: run eagerly
+        if hidden is None:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
         offsets = meta.cu_seqlens_q.tolist()
         sample_rows = [offsets[b + 1] - 1 for b, s in enumerate(scheduled) if s.samples]
         prompt_rows, prompt_targets, prompt_owners = [], [], []

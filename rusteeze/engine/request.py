@@ -125,6 +125,32 @@ class Request:
         c.emit(emit)
         return stopped and seq.finish_reason is None
 
+    def on_tokens(self, seq: Sequence, logprobs: Logprobs | list[Logprobs] | None) -> bool:
+        """Account for the tokens appended to ``seq`` this step, one at a time (see :meth:`on_token`).
+
+        Speculative decoding appends several tokens in one step; each is taken as if it came
+        alone, so a stop string that ends inside them stops the output exactly there: the
+        tokens after it are removed from ``seq``. ``logprobs``: one entry per token (a list) or,
+        for a single token, the entry itself.
+
+        Returns:
+            True when a stop string was found: the caller must finish ``seq`` with "stop".
+        """
+        new = seq.token_ids[seq.num_prompt_tokens + len(self.completions[seq.index].token_ids) :]
+        entries = logprobs if isinstance(logprobs, list) else [logprobs] * len(new)
+        if len(new) <= 1:
+            return self.on_token(seq, entries[0] if entries else None)
+        finish_reason, seq.finish_reason = seq.finish_reason, None
+        del seq.token_ids[len(seq.token_ids) - len(new) + 1 :]  # given back one at a time
+        for i, token in enumerate(new):
+            if i:
+                seq.token_ids.append(token)
+            if i == len(new) - 1:
+                seq.finish_reason = finish_reason  # set by the last token only
+            if self.on_token(seq, entries[i]):
+                return True
+        return False
+
     @staticmethod
     def _flush(c: _Completion, emit: str) -> tuple[str, bool]:
         more, stopped = c.matcher.feed(c.detok.flush())

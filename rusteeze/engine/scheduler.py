@@ -36,17 +36,21 @@ class ScheduledSeq:
     Attributes:
         seq: the sequence.
         start: its ``num_computed_tokens`` when scheduled: the position of its first new token.
-        num_new_tokens: tokens computed this step (positions ``start .. start + num_new_tokens - 1``).
+        num_new_tokens: tokens computed this step (positions ``start .. start + num_new_tokens - 1``),
+            the draft tokens included.
+        draft_token_ids: speculative decoding: proposed tokens computed after the sequence's last
+            token (the last ``len(draft_token_ids)`` of the new tokens), verified by the runner.
     """
 
     seq: Sequence
     start: int
     num_new_tokens: int
+    draft_token_ids: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> bool:
         """True when this step reaches the sequence's last token, so a token is sampled."""
-        return self.start + self.num_new_tokens == self.seq.num_tokens
+        return self.start + self.num_new_tokens - len(self.draft_token_ids) == self.seq.num_tokens
 
 
 @dataclass
@@ -128,22 +132,34 @@ class Scheduler:
         blocks = parent.block_table[:k]
         return [] if NULL_BLOCK in blocks else blocks
 
-    def schedule(self) -> SchedulerOutput:
-        """Pick this step's work; allocates the blocks it needs (preempting if it must)."""
+    def schedule(self, drafts: dict[int, list[int]] | None = None) -> SchedulerOutput:
+        """Pick this step's work; allocates the blocks it needs (preempting if it must).
+
+        Args:
+            drafts: speculative decoding: proposed tokens by ``seq_id`` for running sequences with
+                one uncomputed token. They are computed after it, cut to the token budget, and
+                dropped before anyone is preempted for their blocks.
+        """
         out, budget, bm = SchedulerOutput(), self.max_num_batched_tokens, self.block_manager
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            uncomputed = seq.num_tokens - seq.num_computed_tokens
+            draft = drafts.get(seq.seq_id, []) if drafts else []
+            num_new = min(uncomputed + len(draft), budget)
+            draft = draft[: max(num_new - uncomputed, 0)]
             assert num_new > 0, "a running sequence always has an uncomputed token"
             while not bm.allocate_slots(seq, num_new):
+                if draft:  # drafts are given up before anyone's blocks
+                    num_new, draft = num_new - len(draft), []
+                    continue
                 victim = self.running.pop()  # the most recently admitted
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
                     break
             else:
-                out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new))
+                out.scheduled.append(ScheduledSeq(seq, seq.num_computed_tokens, num_new, draft))
                 budget -= num_new
                 i += 1
                 continue
@@ -172,8 +188,9 @@ class Scheduler:
 
         Args:
             out: the step's schedule.
-            sampled: per scheduled sequence, in order, the sampled token id, or
-                None where the step did not reach its last token.
+            sampled: per scheduled sequence, in order, the sampled token id (a list of
+                tokens for a sequence that verified drafts: the kept drafts, then the sampled
+                one), or None where the step did not reach its last token.
 
         Returns:
             The sequences that received a token (finished ones included; their
@@ -185,13 +202,24 @@ class Scheduler:
             seq = s.seq
             if seq.is_finished:  # aborted while the step ran
                 continue
-            seq.num_computed_tokens = s.start + s.num_new_tokens
+            num_appended, samples = 0, s.samples  # (s.samples reads num_tokens: taken before appending)
+            if samples:
+                assert token is not None
+                for t in [token] if isinstance(token, int) else token:
+                    seq.append_token(t)
+                    num_appended += 1
+                    if seq.finish_reason is not None:
+                        break
+            # The KV cache now holds the step's real tokens and the drafts that were kept (every
+            # appended token but the last); rejected drafts lie past num_computed_tokens.
+            draft = s.draft_token_ids
+            seq.num_computed_tokens = s.start + s.num_new_tokens - len(draft) + max(num_appended - 1, 0)
             bm.register_full_blocks(seq)
             bm.release_out_of_window(seq)
-            if not s.samples:
+            if draft:
+                bm.free_trailing(seq, seq.num_tokens)
+            if not samples:
                 continue
-            assert token is not None
-            seq.append_token(token)
             changed.append(seq)
             if seq.finish_reason is not None:
                 self.finish(seq, seq.finish_reason)

@@ -126,3 +126,61 @@ def test_check_usable_refuses_a_context_the_budget_cut_below_512_tokens(model):
 def test_sizes_read_back_as_sizes(n, text, up):
     assert (size(n), size_up(n)) == (text, up)
     assert parse_size(size_up(n)) >= n
+
+
+# --- kv_cache_memory unset: 1 GiB on the CPU, gpu_memory_utilization of the GPU on CUDA -------------
+
+GIB = 1024**3
+
+
+def test_cuda_budget_is_the_utilization_share_less_what_is_used_and_the_activation_peak():
+    # 0.9 × 100 GiB allowed; 10 GiB already in use (weights, context); 5 GiB of activations.
+    assert kv_budget.cuda_kv_budget(100 * GIB, 90 * GIB, 5 * GIB, 0.9) == 75 * GIB
+    assert kv_budget.cuda_kv_budget(100 * GIB, 90 * GIB, 5 * GIB, 1.0) == 85 * GIB
+    # Another process holding 50 GiB counts against the share, as in vLLM.
+    assert kv_budget.cuda_kv_budget(100 * GIB, 40 * GIB, 5 * GIB, 0.9) == 25 * GIB
+
+
+def test_cuda_budget_with_nothing_left_says_what_to_change():
+    with pytest.raises(ConfigError) as e:
+        kv_budget.cuda_kv_budget(80 * GIB, 20 * GIB, 2 * GIB, 0.5)
+    message = str(e.value)
+    assert message.startswith("gpu_memory_utilization = 0.5 allows 40GiB of the GPU's 80GiB, but 60GiB is in use")
+    assert "activations take 2GiB" in message and "set kv_cache_memory" in message
+
+
+def test_unset_budget_is_one_gib_on_the_cpu_and_a_set_one_is_kept(loaded_tiny):
+    model = loaded_tiny("llama").model
+    assert EngineConfig().kv_cache_memory is None
+    assert kv_budget.resolve_kv_cache_memory(EngineConfig(), model, CPU).kv_cache_memory == GIB
+    assert (
+        kv_budget.resolve_kv_cache_memory(EngineConfig(kv_cache_memory="3MiB"), model, CPU).kv_cache_memory == 3 * 2**20
+    )
+    assert plan_kv_cache(loaded_tiny("llama").config, EngineConfig(), torch.float32, CPU).budget == GIB
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), True, "0.9"])
+def test_gpu_memory_utilization_must_be_a_fraction(bad):
+    with pytest.raises(ConfigError, match=r"gpu_memory_utilization = .* must be a number in \(0, 1\]"):
+        EngineConfig(gpu_memory_utilization=bad)
+
+
+def test_profile_batch_is_the_largest_step_writing_nothing():
+    ids, positions, meta, rows = kv_budget.profile_batch(
+        EngineConfig(max_num_batched_tokens=100, max_num_seqs=8, block_size=16), 64, CPU
+    )
+    assert ids.shape == positions.shape == meta.slot_mapping.shape == (100,)
+    assert meta.seq_lens.tolist() == [13, 13, 13, 13, 12, 12, 12, 12]
+    assert meta.cu_seqlens_q.tolist() == [0, 13, 26, 39, 52, 64, 76, 88, 100]
+    assert (meta.slot_mapping == -1).all() and meta.block_tables.shape == (8, 1) and not meta.block_tables.any()
+    assert positions[:13].tolist() == list(range(13)) and rows == 100
+    # Longer than the model's context: positions stay inside the rotary table.
+    _, positions, _, rows = kv_budget.profile_batch(EngineConfig(max_num_batched_tokens=600, max_num_seqs=1), 512, CPU)
+    assert int(positions.max()) == 511 and rows == 256
+
+
+def test_profile_step_runs_the_model_over_a_one_block_cache(loaded_tiny):
+    loaded = loaded_tiny("llama")
+    config = EngineConfig(max_num_batched_tokens=70, max_num_seqs=4, block_size=16)
+    logprobs = kv_budget.run_profile_step(loaded.model, config, CPU)
+    assert logprobs.shape == (70, loaded.config.vocab_size) and torch.isfinite(logprobs).all()
