@@ -13,6 +13,8 @@ from rusteeze.server.logprobs import chat_logprobs
 from rusteeze.server.protocol import ChatRequest, parse_chat
 from rusteeze.server.sse import DONE, StreamingResponse, cancel_on_disconnect, sse
 from rusteeze.server.state import ServerState
+from rusteeze.server.tool_output import ToolDeltaStream, tool_finish_reason, tool_message
+from rusteeze.server.tool_prompt import chat_inputs
 
 
 async def create_chat_completion(state: ServerState, request: HTTPRequest) -> Response | StreamingResponse:
@@ -26,7 +28,9 @@ async def create_chat_completion(state: ServerState, request: HTTPRequest) -> Re
     state.check_model(req.model)
     response_id = new_id("chatcmpl")
     template_kwargs = {**req.template_kwargs, "add_generation_prompt": req.add_generation_prompt}
-    inputs = [{"messages": req.messages, "chat_template_kwargs": template_kwargs}]
+    state.require_engine()
+    messages, template_kwargs = chat_inputs(state.engine.tokenizer, req.messages, req.tools, template_kwargs)
+    inputs = [{"messages": messages, "chat_template_kwargs": template_kwargs}]
     gen = await Generation.create(state, response_id, inputs, req.params)
     fmt = _Formatter(state, req, gen, response_id)
     if req.stream:
@@ -41,6 +45,8 @@ class _Formatter:
         self.state, self.req, self.gen = state, req, gen
         self.id = response_id
         self.created = int(time.time())
+        self.parse_tools = req.tools is not None and req.tools.parses
+        self.tool_streams: dict[int, ToolDeltaStream] = {}  # per choice, when calls are parsed
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.req.model or self.state.model_name}
@@ -60,12 +66,16 @@ class _Formatter:
         for c in last.outputs:
             if c.finish_reason == "abort":
                 raise shutdown_abort()
+            message, reason = {"role": "assistant", "content": c.text}, c.finish_reason
+            if self.parse_tools:
+                message, made_calls = tool_message(c.text, self.req.tools.forced)
+                reason = tool_finish_reason(reason, made_calls)
             choices.append(
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": message,
                     "logprobs": self._logprobs(c.token_ids, c.logprobs),
-                    "finish_reason": c.finish_reason,
+                    "finish_reason": reason,
                     "stop_reason": c.stop_reason,
                 }
             )
@@ -99,9 +109,15 @@ class _Formatter:
             return None
         if c.finish_reason == "abort":
             raise shutdown_abort()
-        if not c.delta_text and c.finish_reason is None and not (self.req.logprobs and c.delta_token_ids):
-            return None
         delta: dict[str, Any] = {"content": c.delta_text}
+        reason = c.finish_reason
+        if self.parse_tools:
+            tools = self.tool_streams.setdefault(c.index, ToolDeltaStream(self.req.tools.forced))
+            delta = tools.delta(c.delta_text, final=reason is not None)
+            reason = tool_finish_reason(reason, tools.made_calls)
+        empty = not delta.get("content") and "tool_calls" not in delta
+        if empty and reason is None and not (self.req.logprobs and c.delta_token_ids):
+            return None
         if c.index not in started:
             started.add(c.index)
             delta = {"role": "assistant", **delta}
@@ -111,7 +127,7 @@ class _Formatter:
             "index": c.index,
             "delta": delta,
             "logprobs": self._logprobs(c.delta_token_ids, c.delta_logprobs),
-            "finish_reason": c.finish_reason,
+            "finish_reason": reason,
         }
         if c.finish_reason is not None:
             choice["stop_reason"] = c.stop_reason

@@ -3,8 +3,9 @@
 Rules (what the tests hold us to): a JSON ``null`` is the same as an absent
 field; fields we do not know and that cannot change the answer (``user``,
 ``metadata``, ``store``, ...) are ignored; fields that would change the answer
-but are not supported (``suffix``, ``tools``, a JSON ``response_format``, ...)
-are a 400 naming the field, as are wrong types and out-of-range values. The
+but are not supported (``suffix``, ``functions``, ``audio``, ...)
+are a 400 naming the field, as are wrong types and out-of-range values. Tools
+(``tools``, ``tool_choice``, tool messages) are checked in :mod:`rusteeze.server.tools`. The
 sampling fields are checked by :class:`SamplingParams`, whose errors carry the
 field name; everything that reaches the engine is valid.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
 from rusteeze.server.http import APIError, bad_request
+from rusteeze.server.tools import ToolRequest, parse_tool_request, tool_message_fields
 
 MAX_N = 128
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -76,6 +78,7 @@ class ChatRequest:
         top_logprobs: alternatives per token (with ``logprobs``).
         template_kwargs: extra chat-template variables (``chat_template_kwargs``).
         add_generation_prompt: end the rendered prompt with an assistant header.
+        tools: the request's tools and tool_choice (None: no tools).
     """
 
     model: str | None
@@ -87,6 +90,7 @@ class ChatRequest:
     top_logprobs: int = 0
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     add_generation_prompt: bool = True
+    tools: ToolRequest | None = None
 
 
 # Template variables a request cannot set through chat_template_kwargs.
@@ -195,11 +199,7 @@ def parse_chat(body: dict[str, Any], trust_chat_template: bool = False) -> ChatR
     Raises:
         APIError: 400 naming the field for anything invalid or unsupported.
     """
-    for name in ("tools", "functions"):
-        if body.get(name):
-            _reject(body, name, "tool calling is not available on this server")
-    if body.get("tool_choice") not in (None, "none", "auto"):
-        _reject(body, "tool_choice", "tool calling is not available on this server")
+    tools = parse_tool_request(body)
     fmt = _get(body, "response_format", dict)
     if fmt is not None and fmt.get("type") != "text":
         _reject(body, "response_format", "only {'type': 'text'} is available")
@@ -232,7 +232,9 @@ def parse_chat(body: dict[str, Any], trust_chat_template: bool = False) -> ChatR
             param="chat_template_kwargs.chat_template",
         )
     add_prompt = _get(body, "add_generation_prompt", bool, True)
-    return ChatRequest(model, messages, params, stream, include_usage, logprobs, top or 0, kwargs, add_prompt)
+    if tools is not None:  # last: a forced call's schema must see any other output constraint
+        params = tools.constrain(params)
+    return ChatRequest(model, messages, params, stream, include_usage, logprobs, top or 0, kwargs, add_prompt, tools)
 
 
 def parse_messages(messages: Any) -> list[dict[str, Any]]:
@@ -257,6 +259,7 @@ def parse_messages(messages: Any) -> list[dict[str, Any]]:
             )
         content = _content(m.get("content"), f"{where}.content", allow_none=role == "assistant")
         message = {k: v for k, v in m.items() if k in ("name", "reasoning_content")}
+        message.update(tool_message_fields(m, role, where))
         out.append({**message, "role": "system" if role == "developer" else role, "content": content})
     return out
 
