@@ -1,6 +1,6 @@
 """The engine options every engine command shares (chat, bench, serve), declared once.
 
-The ten flags (`--config`, `--dtype`, … `--no-gguf-direct`) are the fields of
+The twelve flags (`--config`, `--dtype`, … `--gpu-memory-utilization`) are the fields of
 :class:`EngineOptions`. A command takes them all as one parameter and decorates itself with
 :func:`engine_options`, which shows them to Typer as ordinary options and hands the command
 one filled-in `EngineOptions`:
@@ -113,7 +113,8 @@ KvCacheMemory = Annotated[
     typer.Option(
         "--kv-cache-memory",
         metavar="SIZE",
-        help="Memory for the KV cache, in bytes or like 2GiB, 512MB (default 1GiB).",
+        help="Memory for the KV cache, in bytes or like 2GiB, 512MB (default: 1GiB on the CPU; on CUDA, what "
+        "--gpu-memory-utilization leaves after the weights and a profiled step).",
         rich_help_panel=ENGINE_PANEL,
         show_default=False,
     ),
@@ -157,6 +158,25 @@ NoGgufDirect = Annotated[
         show_default=False,
     ),
 ]
+EnforceEager = Annotated[
+    bool,
+    typer.Option(
+        "--enforce-eager",
+        help="Run every step eagerly: no CUDA graphs for decode steps (CUDA only).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
+GpuMemoryUtilization = Annotated[
+    float | None,
+    typer.Option(
+        "--gpu-memory-utilization",
+        metavar="FRACTION",
+        help="Share of the GPU's memory the engine may use when --kv-cache-memory is not given (default 0.9).",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=False,
+    ),
+]
 KernelBackend = Annotated[
     str | None,
     typer.Option(
@@ -183,6 +203,8 @@ class EngineOptions:
     no_prefix_caching: NoPrefixCaching = False
     kernel_backend: KernelBackend = None
     no_gguf_direct: NoGgufDirect = False
+    enforce_eager: EnforceEager = False
+    gpu_memory_utilization: GpuMemoryUtilization = None
 
     def engine_config(self, model: str | None, **extra: Any) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
         """The command's EngineConfig and the config file's tables: see :func:`engine_config`."""
@@ -197,7 +219,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def engine_options(command: F) -> F:
     """Give `command` the shared engine flags, collected into its `options: EngineOptions` parameter.
 
-    Typer sees the command's own parameters with the ten `EngineOptions` fields in place of
+    Typer sees the command's own parameters with the twelve `EngineOptions` fields in place of
     `options` (so `--help` lists them there, under "Engine options"); the command is called
     with one `EngineOptions` built from them.
     """
@@ -237,6 +259,8 @@ def engine_config(
     no_prefix_caching: bool = False,
     kernel_backend: str | None = None,
     no_gguf_direct: bool = False,
+    enforce_eager: bool = False,
+    gpu_memory_utilization: float | None = None,
     **extra: Any,
 ) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
     """Build the EngineConfig of a command: flags given > the config file > the defaults.
@@ -244,7 +268,7 @@ def engine_config(
     Args:
         model: the MODEL argument (None: the file's `model`, else the default model).
         config_file: the `--config` file, if any.
-        dtype ... no_gguf_direct: the shared flags, None (False) when not given.
+        dtype ... gpu_memory_utilization: the shared flags, None (False) when not given.
         **extra: more EngineConfig fields a command sets itself (e.g. bench's `seed`); None means not given.
 
     Returns:
@@ -268,6 +292,8 @@ def engine_config(
         "enable_prefix_caching": False if no_prefix_caching else None,
         "kernel_backend": kernel_backend,
         "gguf_direct": False if no_gguf_direct else None,
+        "enforce_eager": True if enforce_eager else None,
+        "gpu_memory_utilization": gpu_memory_utilization,
         **extra,
     }
     given = {key: value for key, value in flags.items() if value is not None}

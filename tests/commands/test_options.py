@@ -23,6 +23,8 @@ SHARED = (
     "--no-prefix-caching",
     "--kernel-backend",
     "--no-gguf-direct",
+    "--enforce-eager",
+    "--gpu-memory-utilization",
     "--debug",
 )
 
@@ -72,6 +74,12 @@ def test_no_gguf_direct_only_turns_gguf_direct_off():
     assert engine_config(None, no_gguf_direct=False)[0].gguf_direct is True
 
 
+def test_enforce_eager_and_gpu_memory_utilization_flags():
+    assert engine_config(None)[0] == EngineConfig()
+    config = engine_config(None, enforce_eager=True, gpu_memory_utilization=0.5)[0]
+    assert (config.enforce_eager, config.gpu_memory_utilization) == (True, 0.5)
+
+
 def test_not_typing_no_gguf_direct_keeps_the_files_value(tmp_path):
     path = tmp_path / "rusteeze.toml"
     path.write_text("gguf_direct = false\n")
@@ -87,6 +95,7 @@ def test_not_typing_no_gguf_direct_keeps_the_files_value(tmp_path):
         ({"kv_cache_memory": "-1GiB"}, "--kv-cache-memory '-1GiB' is not a size; use bytes or a string like"),
         ({"max_num_batched_tokens": -5}, "--max-num-batched-tokens -5 must be at least 1"),
         ({"kernel_backend": "cuda"}, "--kernel-backend 'cuda' is not valid; use one of: auto, triton, numba, torch"),
+        ({"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization 1.5 must be a number in (0, 1], e.g. 0.9"),
     ],
 )
 def test_bad_flag_values_name_the_flag(flags, message):
