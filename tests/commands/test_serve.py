@@ -59,3 +59,23 @@ def test_the_default_model_keeps_its_id_after_a_pull(served, tmp_path):
     entry = ModelStore().import_model(write_gguf(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     assert entry.name == "SmolLM2-135M-Instruct.Q4_1"
     assert served() == ("SmolLM2-135M-Instruct",)  # now the store entry: the same id
+
+
+def test_no_web_ui_turns_the_page_off(monkeypatch, tmp_path, tiny_llama_dir):
+    monkeypatch.setenv("RUSTEEZE_HOME", str(tmp_path / "home"))
+    apps = []
+
+    def capture(server_app, sock):
+        sock.close()
+        apps.append(server_app)
+
+    monkeypatch.setattr(uvicorn_server, "run_server", capture)
+    for flags, expected in (([], True), (["--no-web-ui"], False)):
+        r = CliRunner().invoke(app, ["serve", str(tiny_llama_dir), *flags, *FAST])
+        assert r.exit_code == 0, r.output
+        assert apps.pop().state.settings.web_ui is expected
+    config = tmp_path / "rusteeze.toml"
+    config.write_text("[server]\nweb_ui = false\n")
+    r = CliRunner().invoke(app, ["serve", str(tiny_llama_dir), "--config", str(config), *FAST])
+    assert r.exit_code == 0, r.output
+    assert apps.pop().state.settings.web_ui is False

@@ -2,6 +2,7 @@
 // Markdown renderer (markdown.js). Model and user text reach the DOM only as text nodes.
 
 import { ApiError, apiKey, listModels, setApiKey, streamChat } from "./chat_api.js";
+import { icon, placeIcons } from "./icons.js";
 import { copyText, renderMarkdown } from "./markdown.js";
 import * as store from "./store.js";
 import { setupSidebar } from "./sidebar.js";
@@ -247,7 +248,7 @@ function describe(error) {
 
 function setStreaming(on) {
   ui.send.classList.toggle("stop", on);
-  ui.send.textContent = on ? "■" : "↑";
+  ui.send.replaceChildren(icon(on ? "stop" : "send"));
   ui.send.setAttribute("aria-label", on ? "Stop" : "Send");
   ui.send.type = on ? "button" : "submit";
 }
@@ -369,5 +370,7 @@ async function watchHealth() {
   if (!ready) setTimeout(watchHealth, 2000);
 }
 
+placeIcons(document);
+setStreaming(false);
 openConversation(store.currentId());
 loadModels();

@@ -1,6 +1,8 @@
 // The list of past conversations (open, rename, delete) and the sidebar's show / hide, which
 // is a collapsible column on wide screens and a drawer over the chat on narrow ones.
 
+import { icon } from "./icons.js";
+
 const NARROW = window.matchMedia("(max-width: 760px)");
 
 /**
@@ -48,8 +50,8 @@ export function setupSidebar(hooks) {
       hooks.open(conversation.id);
       closeIfNarrow();
     });
-    const rename = iconButton("✎", "Rename", () => startRename(row, conversation));
-    const remove = iconButton("🗑", "Delete", () => {
+    const rename = iconButton("pencil", "Rename", () => startRename(row, conversation));
+    const remove = iconButton("trash", "Delete", () => {
       if (window.confirm(`Delete "${conversation.title}"?`)) hooks.remove(conversation);
     });
     row.append(open, rename, remove);
@@ -82,11 +84,11 @@ export function setupSidebar(hooks) {
   return { render, closeIfNarrow };
 }
 
-function iconButton(symbol, label, onClick) {
+function iconButton(name, label, onClick) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "icon-button small";
-  button.textContent = symbol;
+  button.append(icon(name));
   button.title = label;
   button.setAttribute("aria-label", label);
   button.addEventListener("click", onClick);

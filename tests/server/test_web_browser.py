@@ -1,0 +1,305 @@
+"""The web chat page in a real headless Chromium, against live servers.
+
+The real SmolLM2-135M-Instruct answers the questions and is stopped mid-reply; the tiny
+random Llama stands behind the API-key, error and escaping tests, where the words of the
+reply do not matter. Screenshots land in tests/artifacts/ (or $RUSTEEZE_TEST_ARTIFACTS).
+"""
+
+import json
+import re
+
+import httpx
+import pytest
+from browser_helpers import DESKTOP, PHONE, console_errors, metric, screenshot, set_viewport, start_chromium
+from server_helpers import MODEL, live_server
+
+pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+SMOLLM2 = "smollm2"
+FRANCE = "What is the capital of France?"
+# Model (or user) text that would run script if it ever reached the page as HTML.
+PAYLOAD = (
+    "<script>window.xssRan = 'script'</script> and <img src=x onerror=\"window.xssRan = 'img'\"> "
+    "and [a link](javascript:window.xssRan='link') and <b>bold?</b>"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def smollm2_url(smollm2_gguf_path):
+    import torch
+
+    from rusteeze.config import EngineConfig
+    from rusteeze.engine.engine import Engine
+    from rusteeze.server.app import create_app
+    from rusteeze.server.settings import ServerSettings
+
+    config = EngineConfig(model=smollm2_gguf_path, device="cpu", kernel_backend="torch", max_model_len=512)
+    app = create_app(ServerSettings(), lambda: Engine(config), SMOLLM2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with live_server(app) as base:
+        yield base
+    bm = app.state.engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks, "the page's requests left KV blocks allocated"
+    torch.set_num_threads(before)
+
+
+def open_page(driver, url: str, clear: bool = True) -> None:
+    """Load the page at desktop size; with ``clear``, forget every saved conversation, setting and key."""
+    set_viewport(driver, *DESKTOP)
+    driver.get(url)
+    if clear:
+        driver.execute_script("localStorage.clear()")
+        driver.get(url)
+    console_errors(driver)  # start each test with an empty console
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))
+
+
+def set_field(driver, element_id: str, value: str) -> None:
+    """Type ``value`` into a settings field (opening the panel if needed); Tab commits it."""
+    if not driver.find_element(By.ID, "settings").is_displayed():
+        driver.find_element(By.ID, "toggle-settings").click()
+    field = driver.find_element(By.ID, element_id)
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(value, Keys.TAB)
+
+
+def ask(driver, text: str) -> None:
+    prompt = driver.find_element(By.ID, "prompt")
+    prompt.send_keys(text)
+    prompt.send_keys(Keys.ENTER)
+
+
+def hover_click(driver, row, selector: str) -> None:
+    ActionChains(driver).move_to_element(row).click(row.find_element(By.CSS_SELECTOR, selector)).perform()
+
+
+def assistant_messages(driver):
+    return driver.find_elements(By.CSS_SELECTOR, "#messages article.message.assistant")
+
+
+def wait_for_reply(driver, timeout: float = 180):
+    """The last assistant message, once it is no longer streaming."""
+    WebDriverWait(driver, timeout, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: assistant_messages(d) and assistant_messages(d)[-1].get_attribute("data-state") != "streaming"
+    )
+    return assistant_messages(driver)[-1]
+
+
+@pytest.mark.slow
+def test_a_streamed_answer_knows_paris_and_survives_a_reload(browser, smollm2_url):
+    open_page(browser, smollm2_url)
+    assert browser.find_element(By.ID, "model").get_attribute("value") == SMOLLM2
+    set_field(browser, "temperature", "0")
+    set_field(browser, "max-tokens", "32")
+    browser.find_element(By.ID, "toggle-settings").click()
+    ask(browser, FRANCE)
+    reply = wait_for_reply(browser)
+    assert reply.get_attribute("data-state") == "done"
+    assert "Paris" in reply.find_element(By.CSS_SELECTOR, ".bubble").text
+    assert int(reply.get_attribute("data-chunks")) > 1, "the reply did not arrive as a stream"
+    stats = reply.find_element(By.CSS_SELECTOR, ".stats").text
+    assert re.fullmatch(r"\d+ tokens · [\d.]+ tok/s · first token [\d.]+ s · prompt \d+ tokens", stats), stats
+    titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#conversations .conversation-title")]
+    assert titles == [FRANCE]
+    screenshot(browser, "web-desktop")
+    set_viewport(browser, *DESKTOP, dark=True)
+    screenshot(browser, "web-desktop-dark")
+
+    answer = reply.find_element(By.CSS_SELECTOR, ".bubble").text
+    browser.refresh()
+    WebDriverWait(browser, 30).until(lambda d: assistant_messages(d))
+    kept = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#messages article.message .bubble")]
+    assert kept == [FRANCE, answer]
+    assert assistant_messages(browser)[0].find_element(By.CSS_SELECTOR, ".stats").text == stats
+
+    set_viewport(browser, *PHONE)  # the sidebar becomes a drawer, closed until asked for
+    WebDriverWait(browser, 5).until(lambda d: _sidebar_box(d)[1] <= 0)
+    screenshot(browser, "web-phone")
+    browser.find_element(By.ID, "toggle-sidebar").click()
+    WebDriverWait(browser, 5).until(lambda d: _sidebar_box(d)[0] == 0)
+    screenshot(browser, "web-phone-sidebar")
+    assert console_errors(browser) == []
+
+
+def _sidebar_box(driver) -> tuple[float, float]:
+    """The sidebar's left and right edges in CSS pixels (off screen: right <= 0)."""
+    return tuple(
+        driver.execute_script(
+            "const r = document.getElementById('sidebar').getBoundingClientRect(); return [r.left, r.right];"
+        )
+    )
+
+
+@pytest.mark.slow
+def test_stop_aborts_the_request_and_the_server_frees_it(browser, smollm2_url):
+    open_page(browser, smollm2_url)
+    set_field(browser, "temperature", "0.8")
+    set_field(browser, "max-tokens", "400")
+    ask(browser, "Write a long story about a brave knight, a dragon and a lost city.")
+    WebDriverWait(browser, 120, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: len(assistant_messages(d)[-1].find_element(By.CSS_SELECTOR, ".bubble").text) > 40
+    )
+    assert metric(httpx.get(smollm2_url + "/metrics").text, "rusteeze:num_requests_running") == 1
+    browser.find_element(By.ID, "send").click()  # the send button is the Stop button while streaming
+    reply = wait_for_reply(browser, timeout=10)
+    assert reply.get_attribute("data-state") == "stopped"
+    assert reply.find_element(By.CSS_SELECTOR, ".stats").text.endswith("stopped")
+
+    def idle(_):
+        text = httpx.get(smollm2_url + "/metrics").text
+        return metric(text, "rusteeze:num_requests_running") == 0 and metric(text, "rusteeze:num_requests_waiting") == 0
+
+    WebDriverWait(browser, 30, poll_frequency=0.1).until(idle)
+    stopped_text = reply.find_element(By.CSS_SELECTOR, ".bubble").text
+    assert stopped_text and len(stopped_text.split()) < 400
+    assert browser.find_element(By.ID, "send").get_attribute("aria-label") == "Send"
+    assert console_errors(browser) == []
+
+
+@pytest.fixture
+def tiny_url(make_app, request):
+    """A live server over the tiny random Llama; ``@pytest.mark.parametrize('tiny_url', [settings], indirect=True)``."""
+    with live_server(make_app({"max_model_len": 512}, **getattr(request, "param", {}))) as base:
+        yield base
+
+
+def _no_markup_ran(driver) -> None:
+    injected = "article script, article img, article b, article a[href^='javascript']"
+    assert driver.find_element(By.ID, "messages").find_elements(By.CSS_SELECTOR, injected) == []
+    assert driver.execute_script("return window.xssRan === undefined")
+
+
+def test_html_in_messages_is_shown_as_text(browser, tiny_url):
+    open_page(browser, tiny_url)
+    saved = {
+        "id": "c-saved",
+        "title": "saved",
+        "updated": 1,
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PAYLOAD, "state": "done"}],
+    }
+    browser.execute_script(
+        "localStorage.setItem('rusteeze.conversations', arguments[0]);"
+        "localStorage.setItem('rusteeze.current', 'c-saved');",
+        json.dumps([saved]),
+    )
+    browser.refresh()
+    WebDriverWait(browser, 30).until(lambda d: assistant_messages(d))
+    shown = assistant_messages(browser)[0].find_element(By.CSS_SELECTOR, ".bubble").text
+    assert "<script>window.xssRan = 'script'</script>" in shown and "<img src=x onerror=" in shown
+    assert "[a link](javascript:window.xssRan='link')" in shown and "<b>bold?</b>" in shown
+    _no_markup_ran(browser)
+
+    browser.find_element(By.ID, "new-chat").click()
+    set_field(browser, "max-tokens", "3")
+    ask(browser, PAYLOAD)
+    wait_for_reply(browser, timeout=60)
+    user = browser.find_element(By.CSS_SELECTOR, "#messages article.message.user .bubble").text
+    assert user == PAYLOAD
+    _no_markup_ran(browser)
+    assert console_errors(browser) == []
+
+
+def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
+    open_page(browser, tiny_url)
+    source = (
+        "# Title\n\nSome **bold**, *italic*, ~~gone~~ and `a < b`.\n\n- one\n- two\n  - nested\n\n"
+        "1. first\n2. second\n\n> quoted\n\n```python\nprint('<b>hi</b>')\n```\n\n"
+        "[docs](https://example.com/x?a=1&b=2) [bad](javascript:alert(1))\n---"
+    )
+    html = browser.execute_async_script(
+        "const [text, done] = arguments;"
+        "import('/web/markdown.js').then((md) => {"
+        "  const box = document.createElement('div'); box.append(md.renderMarkdown(text)); done(box.innerHTML);"
+        "});",
+        source,
+    )
+    expected = (
+        "<h1>Title</h1>"
+        "<p>Some <strong>bold</strong>, <em>italic</em>, <del>gone</del> and <code>a &lt; b</code>.</p>"
+        "<ul><li>one</li><li>two<ul><li>nested</li></ul></li></ul>"
+        "<ol><li>first</li><li>second</li></ol>"
+        "<blockquote><p>quoted</p></blockquote>"
+        '<div class="code-block"><div class="code-head"><span class="code-lang">python</span>'
+        '<button class="copy-button" type="button">Copy</button></div>'
+        "<pre><code>print('&lt;b&gt;hi&lt;/b&gt;')</code></pre></div>"
+        '<p><a href="https://example.com/x?a=1&amp;b=2" target="_blank" rel="noopener noreferrer">docs</a>'
+        " [bad](javascript:alert(1))</p><hr>"
+    )
+    assert html == expected
+
+
+@pytest.mark.parametrize("tiny_url", [{"api_key": "sekrit"}], indirect=True)
+def test_the_page_asks_for_the_api_key_and_asks_again_after_a_401(browser, tiny_url):
+    set_viewport(browser, *DESKTOP)
+    browser.get(tiny_url)
+    browser.execute_script("localStorage.clear()")
+    browser.get(tiny_url)
+    dialog = browser.find_element(By.ID, "key-dialog")
+    WebDriverWait(browser, 30).until(lambda d: dialog.get_attribute("open") is not None)
+    assert "needs an API key" in browser.find_element(By.ID, "key-reason").text
+    browser.find_element(By.ID, "key-input").send_keys("wrong", Keys.ENTER)
+    WebDriverWait(browser, 30).until(lambda d: "refused" in d.find_element(By.ID, "key-reason").text)
+    assert dialog.get_attribute("open") is not None
+    screenshot(browser, "web-api-key")
+    key = browser.find_element(By.ID, "key-input")
+    key.send_keys(Keys.CONTROL, "a")
+    key.send_keys("sekrit", Keys.ENTER)
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == MODEL)
+    assert browser.execute_script("return localStorage.getItem('rusteeze.apiKey')") == "sekrit"
+    set_field(browser, "max-tokens", "3")
+    ask(browser, "hello")
+    assert wait_for_reply(browser, timeout=60).get_attribute("data-state") == "done"
+    console_errors(browser)  # the two 401s of the test are logged by the browser
+
+
+def test_server_errors_are_shown_in_the_conversation(browser, tiny_url):
+    open_page(browser, tiny_url)
+    ask(browser, "word " * 1000)  # the tiny model's context is 512 tokens
+    reply = wait_for_reply(browser, timeout=60)
+    assert reply.get_attribute("data-state") == "error"
+    error = reply.find_element(By.CSS_SELECTOR, ".error").text
+    assert error.startswith("HTTP 400") and "max_model_len" in error
+    console_errors(browser)  # the 400 is logged by the browser
+
+
+def test_conversations_can_be_renamed_and_deleted(browser, tiny_url):
+    open_page(browser, tiny_url)
+    set_field(browser, "max-tokens", "2")
+    for text in ("first question", "second question"):
+        browser.find_element(By.ID, "new-chat").click()
+        ask(browser, text)
+        wait_for_reply(browser, timeout=60)
+
+    def rows(d):
+        return d.find_elements(By.CSS_SELECTOR, "#conversations .conversation")
+
+    assert [r.text.splitlines()[0] for r in rows(browser)] == ["second question", "first question"]
+    hover_click(browser, rows(browser)[1], "[aria-label=Rename]")  # the row's buttons show on hover
+    title = browser.find_element(By.CSS_SELECTOR, "#conversations input.rename")
+    title.send_keys(Keys.CONTROL, "a")
+    title.send_keys("renamed", Keys.ENTER)
+    browser.refresh()
+    WebDriverWait(browser, 30).until(lambda d: len(rows(d)) == 2)
+    assert [r.find_element(By.CSS_SELECTOR, ".conversation-title").text for r in rows(browser)] == [
+        "second question",
+        "renamed",
+    ]
+    hover_click(browser, rows(browser)[0], "[aria-label=Delete]")
+    browser.switch_to.alert.accept()
+    WebDriverWait(browser, 10).until(lambda d: len(rows(d)) == 1)
+    saved = json.loads(browser.execute_script("return localStorage.getItem('rusteeze.conversations')"))
+    assert [c["title"] for c in saved] == ["renamed"]
+    assert console_errors(browser) == []
