@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rusteeze.commands.common import Debug, cli_errors, stderr_console
-from rusteeze.quant.config import QuantConfig
+from rusteeze.quant.config import QuantConfig, check_output
 
 
 def quantize(
@@ -42,6 +42,7 @@ def quantize(
         from rusteeze.loader.resolve import resolve_model
 
         path = Path(model) if Path(model).exists() else resolve_model(model).path
+        check_output(path, output, force)  # an existing OUT is refused before anything is printed
         seen: set[str] = set()
 
         def progress(name: str) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from rusteeze.file_modes import file_mode
+
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
 LATENCY_NAMES = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2el": "E2E latency"}
 
@@ -164,6 +166,7 @@ def write_json(path: str | Path, result: BenchResult) -> None:
     text = json.dumps(result.to_json(), indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp made it 0600; the umask decides, as for any new file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

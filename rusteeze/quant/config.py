@@ -14,6 +14,7 @@ exactly; version 1 files (without it) are still written whenever it is absent.
 """
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from rusteeze.errors import QuantizationError, UnsupportedModelError
@@ -144,3 +145,16 @@ def plan_for(cfg: QuantConfig, num_layers: int, tied: bool) -> dict[str, LayerQu
         if not tied:
             plan["lm_head"] = cfg.embeddings
     return plan
+
+
+def check_output(model: str | Path, output: str | Path, force: bool = False) -> None:
+    """Refuse an output that exists (unless ``force``) or overlaps the model, before any work.
+
+    Raises:
+        QuantizationError: saying which, and what to pass instead.
+    """
+    src_path, out = Path(model).resolve(), Path(output).resolve()
+    if out == src_path or src_path.is_relative_to(out) or (src_path.is_dir() and out.is_relative_to(src_path)):
+        raise QuantizationError(f"output {out} overlaps the model {src_path}; choose another -o")
+    if out.exists() and not force:
+        raise QuantizationError(f"{out} already exists; pass --force to replace it")

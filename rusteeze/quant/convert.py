@@ -14,6 +14,7 @@ does); other tensors are dequantized and quantized from floats.
 """
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -27,9 +28,10 @@ from gguf import GGMLQuantizationType
 from safetensors.torch import save_file
 
 from rusteeze.errors import ModelLoadError, QuantizationError
+from rusteeze.file_modes import dir_mode, file_mode
 from rusteeze.loader.gguf_loader import unpermute_qk
 from rusteeze.models.weights import module_name
-from rusteeze.quant.config import EMBEDDING_GROUP, QuantConfig, plan_for
+from rusteeze.quant.config import EMBEDDING_GROUP, QuantConfig, check_output, plan_for
 from rusteeze.quant.source import FLOAT_TYPES, Source, SourceTensor, open_source
 from rusteeze.quant.tensors import (
     q4_0_to_int4,
@@ -172,6 +174,11 @@ def check_request(source: Source, quant: QuantConfig) -> None:
             )
 
 
+def natural_key(name: str) -> list[str | int]:
+    """Sort key putting numbers in numeric order: ``layers.2`` before ``layers.10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def quantized_tensors(
     source: Source, quant: QuantConfig, on_module: Callable[[str], None] | None = None, tally: Tally | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -179,7 +186,12 @@ def quantized_tensors(
     cfg = source.config
     tally = Tally() if tally is None else tally
     plan = plan_for(quant, cfg.num_hidden_layers, cfg.tie_word_embeddings)
-    for t in source.tensors():
+    # Layer order (0, 1, 2, …, 10), not the file's text order (0, 1, 10, 11, …, 2): progress reads
+    # naturally. The handles are lazy (nothing read yet); each is dropped once converted.
+    pending: list[SourceTensor | None] = sorted(source.tensors(), key=lambda t: natural_key(t.name))
+    for i in range(len(pending)):
+        t, pending[i] = pending[i], None
+        assert t is not None
         name = t.name
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
@@ -313,23 +325,20 @@ def quantize_model(
     """
     start = time.perf_counter()
     src_path, out = Path(model).resolve(), Path(output).resolve()
-    if out == src_path or src_path.is_relative_to(out) or (src_path.is_dir() and out.is_relative_to(src_path)):
-        raise QuantizationError(f"output {out} overlaps the model {src_path}; choose another -o")
-    if out.exists() and not force:
-        raise QuantizationError(f"{out} already exists; pass --force to replace it")
+    check_output(src_path, out, force)
     source = open_source(src_path)
     quant = resolve_request(source, quant, on_warning or (lambda msg: warnings.warn(msg, stacklevel=4)))
     tally = Tally()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)
+    tmp.chmod(dir_mode())  # mkdtemp made it 0700
     try:
         _save_shards(quantized_tensors(source, quant, on_module, tally), tmp)
         config = {**source.hf_config, "quantization_config": quant.to_json(), "torch_dtype": "float16"}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         source.write_side_files(tmp)
         for f in tmp.iterdir():
-            f.chmod(0o644)  # safetensors writes its files 0600; the model is as readable as its directory
+            f.chmod(file_mode())  # safetensors writes its files 0600; the umask decides, as for any new file
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,26 @@ def test_long_names_and_paths_are_never_wrapped_in_a_pipe(tiny_llama_dir, tmp_pa
     loaded, wrote = done.stderr.splitlines()
     assert loaded.startswith(f"Loaded {name} from local directory {model} in ") and loaded.endswith(", float32)")
     assert wrote == f"Wrote {out}"
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_the_json_file_is_as_readable_as_the_umask_says(tiny_llama_dir, tmp_path, mask, expected):
+    out = tmp_path / "bench.json"
+    before = os.umask(mask)
+    try:
+        result = cli(
+            str(tiny_llama_dir),
+            "--num-prompts",
+            "1",
+            "--input-len",
+            "4",
+            "--output-len",
+            "1",
+            "--json",
+            str(out),
+            *FAST,
+        )
+    finally:
+        os.umask(before)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == expected
