@@ -18,6 +18,7 @@ from typing import Any
 from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
 from rusteeze.server.http import APIError, bad_request
+from rusteeze.server.response_format import structured_outputs_of
 from rusteeze.server.tools import ToolRequest, parse_tool_request, tool_message_fields
 
 MAX_N = 128
@@ -137,6 +138,9 @@ def _common(body: dict[str, Any], max_tokens: int | None, logprobs: int | None, 
             kwargs["logit_bias"] = {int(k): v for k, v in bias.items()}
         except ValueError:
             raise bad_request("logit_bias keys must be token ids (integers as strings)", param="logit_bias") from None
+    structured = structured_outputs_of(body)  # response_format / structured_outputs
+    if structured is not None:
+        kwargs["structured_outputs"] = structured
     try:
         params = SamplingParams(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **kwargs)
     except InvalidRequestError as e:
@@ -200,9 +204,6 @@ def parse_chat(body: dict[str, Any], trust_chat_template: bool = False) -> ChatR
         APIError: 400 naming the field for anything invalid or unsupported.
     """
     tools = parse_tool_request(body)
-    fmt = _get(body, "response_format", dict)
-    if fmt is not None and fmt.get("type") != "text":
-        _reject(body, "response_format", "only {'type': 'text'} is available")
     if body.get("modalities") not in (None, ["text"]):
         _reject(body, "modalities", "only text output is available")
     if body.get("audio") is not None:
