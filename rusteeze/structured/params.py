@@ -126,7 +126,7 @@ class StructuredOutputsParams:
         """A canonical, hashable spelling of the constraint: equal constraints share a compiled grammar."""
         schema = self.schema
         if schema is not None:
-            return ("json", json.dumps(schema, sort_keys=True, separators=(",", ":")))
+            return ("json", json.dumps(_canonical(schema), separators=(",", ":")))
         if self.choice is not None:
             return ("choice", json.dumps(list(self.choice)))
         return (self.kind, self.regex if self.regex is not None else str(self.grammar))
@@ -143,6 +143,17 @@ class StructuredOutputsParams:
         if kind == "regex":
             return LLMatcher.grammar_from_regex(text)
         return LLMatcher.grammar_from_lark(text)
+
+
+def _canonical(value: Any, ordered: bool = False) -> Any:
+    """A schema with its keys sorted, except the members of ``properties``: llguidance writes an
+    object's properties in the order the schema lists them, so that order is part of the constraint."""
+    if isinstance(value, dict):
+        items = value.items() if ordered else sorted(value.items())
+        return {k: _canonical(v, ordered=k == "properties" and not ordered) for k, v in items}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _validate_grammar(grammar: str) -> str:

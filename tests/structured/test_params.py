@@ -60,3 +60,12 @@ def test_sampling_params_accepts_a_mapping_and_rejects_unknown_fields():
         SamplingParams(structured_outputs={"json_schema": {}})
     with pytest.raises(InvalidRequestError, match="must be an object"):
         SamplingParams(structured_outputs="json")
+
+
+def test_property_order_is_part_of_the_cache_key():
+    # llguidance writes properties in schema order: {"name", "arguments"} must not become {"arguments", "name"}.
+    first = {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}}
+    swapped = {"properties": {"arguments": {"type": "object"}, "name": {"type": "string"}}, "type": "object"}
+    key = StructuredOutputsParams(json=first).cache_key()[1]
+    assert key.index('"name"') < key.index('"arguments"')
+    assert key != StructuredOutputsParams(json=swapped).cache_key()[1]
