@@ -37,7 +37,7 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def smollm2_url(smollm2_gguf_path):
+def smollm2_server(smollm2_gguf_path):
     import torch
 
     from rusteeze.config import EngineConfig
@@ -50,10 +50,19 @@ def smollm2_url(smollm2_gguf_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     with live_server(app) as base:
-        yield base
+        yield base, app
+    assert_all_blocks_free(app)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def smollm2_url(smollm2_server):
+    return smollm2_server[0]
+
+
+def assert_all_blocks_free(app) -> None:
     bm = app.state.engine.block_manager
     assert bm.num_free_blocks == bm.num_blocks, "the page's requests left KV blocks allocated"
-    torch.set_num_threads(before)
 
 
 def open_page(driver, url: str, clear: bool = True) -> None:
@@ -144,7 +153,8 @@ def _sidebar_box(driver) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_stop_aborts_the_request_and_the_server_frees_it(browser, smollm2_url):
+def test_stop_aborts_the_request_and_the_server_frees_it(browser, smollm2_server):
+    smollm2_url, app = smollm2_server
     open_page(browser, smollm2_url)
     set_field(browser, "temperature", "0.8")
     set_field(browser, "max-tokens", "400")
@@ -163,6 +173,7 @@ def test_stop_aborts_the_request_and_the_server_frees_it(browser, smollm2_url):
         return metric(text, "rusteeze:num_requests_running") == 0 and metric(text, "rusteeze:num_requests_waiting") == 0
 
     WebDriverWait(browser, 30, poll_frequency=0.1).until(idle)
+    assert_all_blocks_free(app)
     stopped_text = reply.find_element(By.CSS_SELECTOR, ".bubble").text
     assert stopped_text and len(stopped_text.split()) < 400
     assert browser.find_element(By.ID, "send").get_attribute("aria-label") == "Send"
