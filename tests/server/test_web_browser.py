@@ -199,7 +199,11 @@ def test_html_in_messages_is_shown_as_text(browser, tiny_url):
         "id": "c-saved",
         "title": "saved",
         "updated": 1,
-        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PAYLOAD, "state": "done"}],
+        # saved while streaming: the page was closed mid-reply
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": PAYLOAD, "state": "streaming"},
+        ],
     }
     browser.execute_script(
         "localStorage.setItem('rusteeze.conversations', arguments[0]);"
@@ -208,6 +212,7 @@ def test_html_in_messages_is_shown_as_text(browser, tiny_url):
     )
     browser.refresh()
     WebDriverWait(browser, 30).until(lambda d: assistant_messages(d))
+    assert assistant_messages(browser)[0].get_attribute("data-state") == "stopped"
     shown = assistant_messages(browser)[0].find_element(By.CSS_SELECTOR, ".bubble").text
     assert "<script>window.xssRan = 'script'</script>" in shown and "<img src=x onerror=" in shown
     assert "[a link](javascript:window.xssRan='link')" in shown and "<b>bold?</b>" in shown
@@ -228,7 +233,8 @@ def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
     source = (
         "# Title\n\nSome **bold**, *italic*, ~~gone~~ and `a < b`.\n\n- one\n- two\n  - nested\n\n"
         "1. first\n2. second\n\n> quoted\n\n```python\nprint('<b>hi</b>')\n```\n\n"
-        "[docs](https://example.com/x?a=1&b=2) [bad](javascript:alert(1))\n---"
+        "[docs](https://example.com/x?a=1&b=2) [bad](javascript:alert(1))\n---\n"
+        "| a | b |\n|:-|--:|\n| 1 | **2** |\nplain"
     )
     html = browser.execute_async_script(
         "const [text, done] = arguments;"
@@ -248,6 +254,9 @@ def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
         "<pre><code>print('&lt;b&gt;hi&lt;/b&gt;')</code></pre></div>"
         '<p><a href="https://example.com/x?a=1&amp;b=2" target="_blank" rel="noopener noreferrer">docs</a>'
         " [bad](javascript:alert(1))</p><hr>"
+        '<div class="table-wrap"><table><thead><tr><th>a</th><th class="align-right">b</th></tr></thead>'
+        '<tbody><tr><td>1</td><td class="align-right"><strong>2</strong></td></tr></tbody></table></div>'
+        "<p>plain</p>"
     )
     assert html == expected
 

@@ -6,7 +6,7 @@
 // http(s) and mailto targets and open with rel="noopener noreferrer".
 //
 // Supported: headings, paragraphs, unordered / ordered (nested) lists, block quotes,
-// horizontal rules, fenced code blocks (with a copy button), inline code, bold, italic,
+// horizontal rules, tables, fenced code blocks (with a copy button), inline code, bold, italic,
 // strikethrough and links. An unclosed fence (a reply still streaming) is a code block.
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)/;
@@ -16,6 +16,7 @@ const LIST_ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const INLINE =
   /(`+)([\s\S]*?[^`])\1(?!`)|\[([^\]\n]+)\]\(\s*([^)\s]+)\s*\)|\*\*(?=\S)([\s\S]*?\S)\*\*|(?<![\w])__(?=\S)([\s\S]*?\S)__(?![\w])|~~(?=\S)([\s\S]*?\S)~~|\*(?=[^\s*])([^*\n]*?[^\s*])\*|(?<![\w])_(?=[^\s_])([^_\n]*?[^\s_])_(?![\w])/;
+const TABLE_DIVIDER = /^:?-+:?$/;
 const SAFE_SCHEMES = new Set(["http:", "https:", "mailto:"]);
 
 function el(tag, className) {
@@ -31,8 +32,16 @@ export function renderMarkdown(text) {
   return fragment;
 }
 
-function isBlockStart(line) {
-  return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || LIST_ITEM.test(line) || QUOTE.test(line);
+function isBlockStart(lines, i) {
+  const line = lines[i];
+  return (
+    FENCE.test(line) ||
+    HEADING.test(line) ||
+    RULE.test(line) ||
+    LIST_ITEM.test(line) ||
+    QUOTE.test(line) ||
+    isTableStart(lines, i)
+  );
 }
 
 function renderBlocks(lines, parent) {
@@ -61,11 +70,13 @@ function renderBlocks(lines, parent) {
       const quote = el("blockquote");
       renderBlocks(inner, quote);
       parent.append(quote);
+    } else if (isTableStart(lines, i)) {
+      i = renderTable(lines, i, parent);
     } else if (LIST_ITEM.test(line)) {
       i = renderList(lines, i, parent);
     } else {
       const para = [];
-      while (i < lines.length && lines[i].trim() && !(para.length && isBlockStart(lines[i]))) {
+      while (i < lines.length && lines[i].trim() && !(para.length && isBlockStart(lines, i))) {
         para.push(lines[i].trim());
         i++;
       }
@@ -127,6 +138,51 @@ export async function copyText(text, button) {
     button.textContent = "Copied";
     setTimeout(() => (button.textContent = before), 1200);
   }
+}
+
+function tableCells(line) {
+  return line
+    .trim()
+    .replace(/^\|/, "")
+    .replace(/\|$/, "")
+    .split("|")
+    .map((cell) => cell.trim());
+}
+
+function isTableStart(lines, i) {
+  if (!lines[i].includes("|") || i + 1 >= lines.length || !lines[i + 1].includes("-")) return false;
+  const divider = tableCells(lines[i + 1]);
+  return divider.every((cell) => TABLE_DIVIDER.test(cell)) && divider.length === tableCells(lines[i]).length;
+}
+
+function renderTable(lines, start, parent) {
+  const align = tableCells(lines[start + 1]).map((cell) =>
+    cell.startsWith(":") && cell.endsWith(":") ? "align-center" : cell.endsWith(":") ? "align-right" : "",
+  );
+  const row = (line, tag) => {
+    const tr = el("tr");
+    const cells = tableCells(line);
+    align.forEach((className, k) => {
+      const cell = el(tag, className);
+      renderInline(cells[k] || "", cell);
+      tr.append(cell);
+    });
+    return tr;
+  };
+  const head = el("thead");
+  head.append(row(lines[start], "th"));
+  const body = el("tbody");
+  let i = start + 2;
+  while (i < lines.length && lines[i].includes("|") && lines[i].trim()) {
+    body.append(row(lines[i], "td"));
+    i++;
+  }
+  const table = el("table");
+  table.append(head, body);
+  const wrap = el("div", "table-wrap"); // wide tables scroll instead of widening the page
+  wrap.append(table);
+  parent.append(wrap);
+  return i;
 }
 
 function renderList(lines, start, parent) {

@@ -38,9 +38,11 @@ export function saveSettings(settings) {
 export function loadConversations() {
   const list = read(CONVERSATIONS, []);
   if (!Array.isArray(list)) return [];
-  return list
-    .filter((c) => c && typeof c.id === "string" && Array.isArray(c.messages))
-    .sort((a, b) => (b.updated || 0) - (a.updated || 0));
+  const conversations = list.filter((c) => c && typeof c.id === "string" && Array.isArray(c.messages));
+  for (const c of conversations) {
+    for (const m of c.messages) if (m.state === "streaming") m.state = "stopped"; // the page closed mid-reply
+  }
+  return conversations.sort((a, b) => (b.updated || 0) - (a.updated || 0));
 }
 
 export function saveConversations(conversations) {
