@@ -29,6 +29,9 @@ from rusteeze.structured.params import StructuredOutputsParams
 # OpenAI's function names (letters, digits, '_' and '-', at most 64), plus '.' and ':' (namespaced names).
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _CHOICES = ("none", "auto", "required")
+# llguidance's JSON layout for forced calls: single spaces after ':' and ',' and no other whitespace
+# (by default any whitespace is allowed, and a weak model can fill max_tokens with it).
+_COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
@@ -60,7 +63,10 @@ class ToolRequest:
         return self.choice in ("required", "function")
 
     def call_schema(self) -> dict[str, Any]:
-        """The JSON schema a forced output satisfies: the named call object, or an array of calls."""
+        """The JSON schema a forced output satisfies: the named call object, or an array of calls.
+
+        Properties are listed name first, so the name is written (and streamed) before the arguments.
+        """
         tools = [t for t in self.tools if self.function in (None, t["function"]["name"])]
         defs: dict[str, Any] = {}
         calls = [_call_object(t["function"], defs) for t in tools]
@@ -70,7 +76,9 @@ class ToolRequest:
             schema = {"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls}, "minItems": 1}
             if not self.parallel:
                 schema["maxItems"] = 1
-        return {**schema, "$defs": defs} if defs else schema
+        if defs:
+            schema["$defs"] = defs
+        return {**schema, "x-guidance": _COMPACT_JSON}
 
     def constrain(self, params: SamplingParams) -> SamplingParams:
         """``params`` with the call schema as its structured output when a call is forced.
