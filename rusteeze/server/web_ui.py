@@ -24,6 +24,7 @@ PAGES = {
     "/web/store.js": ("store.js", "text/javascript; charset=utf-8"),
     "/web/sidebar.js": ("sidebar.js", "text/javascript; charset=utf-8"),
     "/web/icons.js": ("icons.js", "text/javascript; charset=utf-8"),
+    "/web/controls.js": ("controls.js", "text/javascript; charset=utf-8"),
     "/web/style.css": ("style.css", "text/css; charset=utf-8"),
     "/web/icon.svg": ("icon.svg", "image/svg+xml"),
 }

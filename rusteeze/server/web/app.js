@@ -1,7 +1,9 @@
-// The chat page: wires the DOM to the API (chat_api.js), the saved state (store.js) and the
-// Markdown renderer (markdown.js). Model and user text reach the DOM only as text nodes.
+// The chat page: wires the conversation to the API (chat_api.js), the saved state (store.js),
+// the controls (controls.js) and Markdown (markdown.js). Model and user text reach the DOM
+// only as text nodes.
 
-import { ApiError, apiKey, listModels, setApiKey, streamChat } from "./chat_api.js";
+import { ApiError, streamChat } from "./chat_api.js";
+import { askForKey, describe, loadModels, setupSettings } from "./controls.js";
 import { icon, placeIcons } from "./icons.js";
 import { copyText, renderMarkdown } from "./markdown.js";
 import * as store from "./store.js";
@@ -12,14 +14,10 @@ const ui = {
   layout: $("layout"),
   messages: $("messages"),
   empty: $("empty"),
-  emptyModel: $("empty-model"),
   composer: $("composer"),
   prompt: $("prompt"),
   send: $("send"),
   model: $("model"),
-  status: $("server-status"),
-  settings: $("settings"),
-  keyDialog: $("key-dialog"),
 };
 
 const state = {
@@ -27,7 +25,6 @@ const state = {
   current: null,
   settings: store.loadSettings(),
   stream: null, // {controller, conversation} while a reply streams
-  afterKey: null, // what to retry once an API key is entered
 };
 
 // --- conversations -------------------------------------------------------------------------
@@ -240,12 +237,6 @@ function timing(usage, start, first, chunks) {
   return stats;
 }
 
-function describe(error) {
-  if (!(error instanceof ApiError)) return `Error: ${error.message}`;
-  const where = error.status ? `HTTP ${error.status}` : "Network error";
-  return `${where}${error.code ? ` (${error.code})` : ""}: ${error.message}`;
-}
-
 function setStreaming(on) {
   ui.send.classList.toggle("stop", on);
   ui.send.replaceChildren(icon(on ? "stop" : "send"));
@@ -280,97 +271,8 @@ $("new-chat").addEventListener("click", () => {
   sidebar.closeIfNarrow();
 });
 
-// --- settings and API key -------------------------------------------------------------------
-
-const fields = { system: $("system-prompt"), temperature: $("temperature"), top_p: $("top-p"), max_tokens: $("max-tokens") };
-for (const [name, input] of Object.entries(fields)) {
-  input.value = state.settings[name];
-  input.addEventListener("change", () => {
-    if (name === "system") {
-      state.settings.system = input.value;
-    } else {
-      const value = Number(input.value);
-      const ok = input.value !== "" && Number.isFinite(value) && input.checkValidity();
-      input.classList.toggle("invalid", !ok);
-      if (!ok) return;
-      state.settings[name] = name === "max_tokens" ? Math.round(value) : value;
-    }
-    store.saveSettings(state.settings);
-  });
-}
-$("toggle-settings").addEventListener("click", (event) => {
-  ui.settings.hidden = !ui.settings.hidden;
-  event.currentTarget.setAttribute("aria-expanded", String(!ui.settings.hidden));
-});
-ui.model.addEventListener("change", () => {
-  state.settings.model = ui.model.value;
-  store.saveSettings(state.settings);
-  ui.emptyModel.textContent = ui.model.value;
-});
-
-function askForKey(reason, then) {
-  state.afterKey = then;
-  $("key-reason").textContent = reason;
-  $("key-input").value = apiKey();
-  if (!ui.keyDialog.open) ui.keyDialog.showModal();
-}
-$("key-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  setApiKey($("key-input").value.trim());
-  ui.keyDialog.close();
-  const then = state.afterKey;
-  state.afterKey = null;
-  if (then) then();
-});
-$("key-cancel").addEventListener("click", () => {
-  state.afterKey = null;
-  ui.keyDialog.close();
-});
-$("change-key").addEventListener("click", () => askForKey("The key is kept in this browser only.", loadModels));
-
-// --- server and models ----------------------------------------------------------------------
-
-async function loadModels() {
-  try {
-    const ids = await listModels();
-    ui.model.replaceChildren(
-      ...ids.map((id) => {
-        const option = document.createElement("option");
-        option.value = id;
-        option.textContent = id;
-        return option;
-      }),
-    );
-    if (ids.includes(state.settings.model)) ui.model.value = state.settings.model;
-    ui.emptyModel.textContent = ui.model.value;
-    await watchHealth();
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) {
-      ui.status.textContent = "API key needed";
-      askForKey(
-        apiKey() ? "The server refused the API key: enter the right one." : "This server needs an API key.",
-        loadModels,
-      );
-    } else {
-      ui.status.textContent = describe(e);
-      setTimeout(loadModels, 3000);
-    }
-  }
-}
-
-async function watchHealth() {
-  let ready = false;
-  try {
-    ready = (await fetch("/health")).ok;
-  } catch {
-    ready = false;
-  }
-  ui.status.classList.toggle("ready", ready);
-  ui.status.textContent = ready ? "● ready" : "● loading the model…";
-  if (!ready) setTimeout(watchHealth, 2000);
-}
-
 placeIcons(document);
 setStreaming(false);
 openConversation(store.currentId());
-loadModels();
+setupSettings(state.settings);
+loadModels(state.settings);
