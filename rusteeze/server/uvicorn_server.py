@@ -116,6 +116,8 @@ def run_server(app: ServerApp, sock: socket.socket, log_level: str = "info") -> 
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     log.info("serving %s on %s (Ctrl-C to stop); the model loads now", app.state.model_name, url)
+    if app.state.settings.web_ui:
+        log.info("chat in a browser: %s/", url)
     server.run(sockets=[sock])
     if app.state.load_error is not None:
         raise app.state.load_error

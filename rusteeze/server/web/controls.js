@@ -72,7 +72,8 @@ $("key-cancel").addEventListener("click", () => {
 /** A one-line description of an error for the page. */
 export function describe(error) {
   if (!(error instanceof ApiError)) return `Error: ${error.message}`;
-  const where = error.status ? `HTTP ${error.status}` : "Network error";
+  // >= 400: the HTTP status; 0: no answer at all; else an error event inside a streamed reply.
+  const where = error.status >= 400 ? `HTTP ${error.status}` : error.status ? "Server error" : "Network error";
   return `${where}${error.code ? ` (${error.code})` : ""}: ${error.message}`;
 }
 
