@@ -295,6 +295,16 @@ def test_server_errors_are_shown_in_the_conversation(browser, tiny_url):
     console_errors(browser)  # the 400 is logged by the browser
 
 
+def test_a_server_that_went_away_is_a_network_error_in_the_conversation(browser, make_app):
+    with live_server(make_app()) as url:
+        open_page(browser, url)
+    ask(browser, "anyone there?")  # the server has stopped
+    reply = wait_for_reply(browser, timeout=60)
+    assert reply.get_attribute("data-state") == "error"
+    assert reply.find_element(By.CSS_SELECTOR, ".error").text.startswith("Network error (network_error): ")
+    console_errors(browser)  # the refused connection is logged by the browser
+
+
 def test_conversations_can_be_renamed_and_deleted(browser, tiny_url):
     open_page(browser, tiny_url)
     set_field(browser, "max-tokens", "2")
