@@ -232,7 +232,7 @@ def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
     open_page(browser, tiny_url)
     source = (
         "# Title\n\nSome **bold**, *italic*, ~~gone~~ and `a < b`.\n\n- one\n- two\n  - nested\n\n"
-        "1. first\n2. second\n\n> quoted\n\n```python\nprint('<b>hi</b>')\n```\n\n"
+        "1. first\n2. second\n   - sub\n\n> quoted\n\n```python\nprint('<b>hi</b>')\n```\n\n"
         "[docs](https://example.com/x?a=1&b=2) [bad](javascript:alert(1))\n---\n"
         "| a | b |\n|:-|--:|\n| 1 | **2** |\nplain"
     )
@@ -247,7 +247,7 @@ def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
         "<h1>Title</h1>"
         "<p>Some <strong>bold</strong>, <em>italic</em>, <del>gone</del> and <code>a &lt; b</code>.</p>"
         "<ul><li>one</li><li>two<ul><li>nested</li></ul></li></ul>"
-        "<ol><li>first</li><li>second</li></ol>"
+        "<ol><li>first</li><li>second<ul><li>sub</li></ul></li></ol>"
         "<blockquote><p>quoted</p></blockquote>"
         '<div class="code-block"><div class="code-head"><span class="code-lang">python</span>'
         '<button class="copy-button" type="button">Copy</button></div>'

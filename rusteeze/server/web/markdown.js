@@ -194,11 +194,12 @@ function renderList(lines, start, parent) {
   let i = start;
   while (i < lines.length) {
     const m = LIST_ITEM.exec(lines[i]);
-    if (!m || m[1].length < indent || /\d/.test(m[2]) !== ordered) break;
+    if (!m || m[1].length < indent) break;
     if (m[1].length > indent) {
-      i = renderList(lines, i, list.lastElementChild || list); // a nested list
+      i = renderList(lines, i, list.lastElementChild || list); // a nested list, of either kind
       continue;
     }
+    if (/\d/.test(m[2]) !== ordered) break; // the other kind of list starts
     const item = el("li");
     const text = [m[3]];
     i++;
