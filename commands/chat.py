@@ -49,6 +49,15 @@ def chat(
         int | None, typer.Option(help="Most tokens per reply (default: up to the context).", rich_help_panel=SAMPLING)
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible replies.", rich_help_panel=SAMPLING)] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Constrain replies: 'json' (any JSON object) or a JSON schema file.",
+            rich_help_panel=SAMPLING,
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print TTFT and tokens/s after each reply.")] = False,
     options: EngineOptions = NO_FLAGS,
     debug: Debug = False,
@@ -57,6 +66,7 @@ def chat(
     with cli_errors(debug):
         cfg, sections = options.engine_config(model)
         flags = dict(system=system, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens)
+        flags["format"] = output_format
         settings = chat_settings(
             sections["chat"], str(options.config or "[chat]"), seed=seed, verbose=verbose or None, **flags
         )

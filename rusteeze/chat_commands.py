@@ -1,4 +1,4 @@
-"""The slash commands of `rusteeze chat`: /help, /exit and /bye, /clear, /system, /set, /show, /stats.
+"""The slash commands of `rusteeze chat`: /help, /exit and /bye, /clear, /system, /set, /format, /show, /stats.
 
 Each command is a small function of the session and its argument text that returns a
 ``CommandResult``; nothing here prints, so every command is testable without a terminal.
@@ -37,6 +37,7 @@ HELP = """\
 Commands:
   /set PARAMETER VALUE   set temperature, top_p, top_k, max_tokens or seed ('default' unsets it)
   /system TEXT           set the system prompt (no TEXT: remove it); clears the history
+  /format json|FILE|off  constrain replies to JSON, or to the JSON schema in FILE ('off' frees them)
   /show                  show the model and the parameters
   /stats                 TTFT and tokens/s of the last reply
   /clear                 forget the conversation so far
@@ -92,6 +93,21 @@ def _set(session: ChatSession, arg: str) -> CommandResult:
     return CommandResult(f"Set {key.lower()} to {'default' if shown is None else shown}.")
 
 
+def _format(session: ChatSession, arg: str) -> CommandResult:
+    if not arg:
+        current = session.settings.format
+        return CommandResult(f"Format: {current}." if current else "Format: free text (/format json|FILE|off).")
+    if arg.lower() in UNSET_WORDS:
+        session.settings = dataclasses.replace(session.settings, format=None)
+        return CommandResult("Replies are free text again.")
+    try:
+        session.settings = dataclasses.replace(session.settings, format=arg)
+    except InvalidRequestError as e:
+        return CommandResult(str(e), is_error=True)
+    what = "JSON" if arg.lower() == "json" else f"the JSON schema in {arg}"
+    return CommandResult(f"Replies are constrained to {what}.")
+
+
 def _show(session: ChatSession, arg: str) -> CommandResult:
     engine, settings, defaults = session.engine, session.settings, session.model_defaults
     loaded = engine.loaded
@@ -109,6 +125,7 @@ def _show(session: ChatSession, arg: str) -> CommandResult:
     max_tokens = settings.max_tokens if settings.max_tokens is not None else "none (up to the context)"
     seed = settings.seed if settings.seed is not None else "none (random)"
     lines += [f"  {'max_tokens':<12}{max_tokens}", f"  {'seed':<12}{seed}"]
+    lines.append(f"Format      {settings.format or 'free text'}")
     lines.append(f"System      {settings.system if settings.system else '(none)'}")
     turns = len(session.history)
     lines.append(f"History     {turns} message{'' if turns == 1 else 's'}")
@@ -129,6 +146,7 @@ _COMMANDS = {
     "/clear": _clear,
     "/system": _system,
     "/set": _set,
+    "/format": _format,
     "/show": _show,
     "/stats": _stats,
 }

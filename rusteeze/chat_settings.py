@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rusteeze.errors import ConfigError, InvalidRequestError
 from rusteeze.sampling import SamplingParams
+from rusteeze.structured.output_format import parse_output_format
+from rusteeze.structured.params import StructuredOutputsParams
 
 CHAT_FALLBACKS: dict[str, float | int] = {"temperature": 0.8, "top_p": 0.95, "top_k": 40}
 
@@ -33,6 +35,9 @@ class ChatSettings:
         temperature, top_p, top_k, seed: as in SamplingParams.
         max_tokens: most tokens per reply; None means up to the context length.
         verbose: print TTFT and tokens/s after each reply.
+        format: Ollama's ``format``: "json" (any JSON object) or a JSON schema
+            file (or the schema inline); every reply is constrained to it.
+        structured_outputs: the constraint ``format`` stands for (read once, when set).
     """
 
     system: str | None = None
@@ -42,8 +47,12 @@ class ChatSettings:
     max_tokens: int | None = None
     seed: int | None = None
     verbose: bool = False
+    format: str | None = None
+    structured_outputs: StructuredOutputsParams | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.format is not None:
+            object.__setattr__(self, "structured_outputs", parse_output_format(self.format))
         if self.system is not None and not isinstance(self.system, str):
             raise InvalidRequestError(f"system: must be a string, got {self.system!r}", param="system")
         if not isinstance(self.verbose, bool):
@@ -105,7 +114,9 @@ class ChatSettings:
                 values[key] = mine
             elif model_defaults.get(key) is None and model_defaults.get("do_sample") is not False:
                 values[key] = CHAT_FALLBACKS[key]
-        return SamplingParams(max_tokens=self.max_tokens, seed=self.seed, **values).resolve(model_defaults)
+        return SamplingParams(
+            max_tokens=self.max_tokens, seed=self.seed, structured_outputs=self.structured_outputs, **values
+        ).resolve(model_defaults)
 
     def origin(self, key: str, model_defaults: Mapping[str, Any]) -> str:
         """Where the value of ``key`` comes from: "set", "model default", "rusteeze default" or "off"."""
