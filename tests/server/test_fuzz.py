@@ -33,6 +33,7 @@ ENDPOINTS = {
             *SAMPLING,
             *["messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "functions", "tool_choice"],
             *["response_format", "modalities", "audio", "chat_template_kwargs", "add_generation_prompt"],
+            "parallel_tool_calls",
         ],
     ),
     "/tokenize": ('{"prompt": "a"', ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"]),
@@ -50,6 +51,31 @@ NESTED = [
     ("/v1/chat/completions", CHAT + ', "chat_template_kwargs": {"chat_template": {}}}'),
     ("/v1/chat/completions", CHAT + ', "chat_template_kwargs": {"template": {}, "self": {}, "documents": {}}}'),
     ("/v1/chat/completions", CHAT + ', "response_format": {"type": {}}}'),
+    ("/v1/chat/completions", CHAT + ', "tools": [{}]}'),
+    ("/v1/chat/completions", CHAT + ', "tools": [{"type": "function", "function": {}}]}'),
+    ("/v1/chat/completions", CHAT + ', "tools": [{"type": "function", "function": {"name": {}}}]}'),
+    ("/v1/chat/completions", CHAT + ', "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}'),
+    ("/v1/chat/completions", CHAT + ', "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {}}'),
+    (
+        "/v1/chat/completions",
+        CHAT + ', "tools": [{"type": "function", "function": {"name": "f"}}], '
+        '"tool_choice": {"type": "function", "function": {"name": {}}}}',
+    ),
+    (
+        "/v1/chat/completions",
+        CHAT + ', "tools": [{"type": "function", "function": {"name": "f", '
+        '"parameters": {"type": "object", "properties": {"a": {}}}}}], "tool_choice": "required"}',
+    ),
+    ("/v1/chat/completions", '{"messages": [{"role": "assistant", "tool_calls": {}}], "max_tokens": 1}'),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}], "max_tokens": 1}',
+    ),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", '
+        '"arguments": {}}}]}, {"role": "tool", "tool_call_id": {}, "content": "r"}], "max_tokens": 1}',
+    ),
     ("/v1/completions", '{"prompt": "a", "max_tokens": 1, "stream": true, "stream_options": {"include_usage": {}}}'),
     ("/v1/completions", '{"prompt": "a", "max_tokens": 1, "logit_bias": {"5": {}}}'),
     ("/v1/completions", '{"prompt": {}, "max_tokens": 1}'),
