@@ -122,7 +122,7 @@ def test_a_streamed_answer_knows_paris_and_survives_a_reload(browser, smollm2_ur
     stats = reply.find_element(By.CSS_SELECTOR, ".stats").text
     assert re.fullmatch(r"\d+ tokens · [\d.]+ tok/s · first token [\d.]+ s · prompt \d+ tokens", stats), stats
     titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#conversations .conversation-title")]
-    assert titles == [FRANCE]
+    assert titles == [FRANCE] and browser.title == f"{FRANCE} · rusteeze"
     screenshot(browser, "web-desktop")
     set_viewport(browser, *DESKTOP, dark=True)
     screenshot(browser, "web-desktop-dark")
@@ -282,7 +282,18 @@ def test_the_page_asks_for_the_api_key_and_asks_again_after_a_401(browser, tiny_
     set_field(browser, "max-tokens", "3")
     ask(browser, "hello")
     assert wait_for_reply(browser, timeout=60).get_attribute("data-state") == "done"
-    console_errors(browser)  # the two 401s of the test are logged by the browser
+
+    # The key changes on the server: the next message gets a 401, the page asks again, then retries.
+    browser.execute_script("localStorage.setItem('rusteeze.apiKey', 'old')")
+    ask(browser, "hello again")
+    WebDriverWait(browser, 30).until(lambda d: dialog.get_attribute("open") is not None)
+    key = browser.find_element(By.ID, "key-input")
+    key.send_keys(Keys.CONTROL, "a")
+    key.send_keys("sekrit", Keys.ENTER)
+    WebDriverWait(browser, 60, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: [m.get_attribute("data-state") for m in assistant_messages(d)] == ["done", "done"]
+    )
+    console_errors(browser)  # the 401s of the test are logged by the browser
 
 
 def test_server_errors_are_shown_in_the_conversation(browser, tiny_url):
@@ -294,7 +305,11 @@ def test_server_errors_are_shown_in_the_conversation(browser, tiny_url):
     assert reply.get_attribute("data-state") == "error"
     error = reply.find_element(By.CSS_SELECTOR, ".error").text
     assert error.startswith("HTTP 400") and "max_model_len" in error
-    console_errors(browser)  # the 400 is logged by the browser
+    assert [e for e in console_errors(browser) if "400" in e]  # the browser logs the failed request
+    reply.find_element(By.CSS_SELECTOR, "button.retry").click()  # sends the conversation again
+    reply = wait_for_reply(browser, timeout=60)
+    assert reply.get_attribute("data-state") == "error" and len(assistant_messages(browser)) == 1
+    assert len([e for e in console_errors(browser) if "400" in e]) == 1
 
 
 def test_a_server_that_went_away_is_a_network_error_in_the_conversation(browser, make_app):

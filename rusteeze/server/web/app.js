@@ -51,14 +51,14 @@ function persist() {
   store.saveConversations(state.conversations.filter((c) => c.messages.length));
   store.setCurrentId(state.current && state.current.messages.length ? state.current.id : null);
   sidebar.render();
+  document.title = state.current && state.current.messages.length ? `${state.current.title} · rusteeze` : "rusteeze";
 }
 
 function openConversation(id) {
   state.current = state.conversations.find((c) => c.id === id) || store.newConversation();
   if (!state.conversations.includes(state.current)) state.conversations.unshift(state.current);
-  store.setCurrentId(state.current.messages.length ? state.current.id : null);
+  persist();
   renderMessages();
-  sidebar.render();
   ui.prompt.focus();
 }
 
@@ -117,6 +117,19 @@ function metaNode(message) {
     copy.textContent = "Copy";
     copy.addEventListener("click", () => copyText(message.content, copy));
     meta.append(copy);
+  }
+  const conversation = state.current;
+  if (message.state !== "streaming" && conversation && conversation.messages.at(-1) === message) {
+    const again = document.createElement("button");
+    again.type = "button";
+    again.className = "text-button small retry";
+    again.textContent = message.state === "error" ? "Retry" : "Regenerate";
+    again.addEventListener("click", () => {
+      if (state.stream || conversation.messages.at(-1) !== message) return;
+      conversation.messages.pop(); // the new reply takes its place
+      reply(conversation);
+    });
+    meta.append(again);
   }
   return meta;
 }
