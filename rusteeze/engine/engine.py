@@ -18,6 +18,7 @@ from rusteeze.engine.outputs import RequestOutput
 from rusteeze.engine.request import Request
 from rusteeze.engine.scheduler import Scheduler
 from rusteeze.engine.sequence import Sequence
+from rusteeze.engine.spec_decode.speculator import Speculator
 from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
 from rusteeze.structured.compiler import compiler_for
@@ -80,6 +81,8 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device, self.block_manager)
         self.runner.decode_graphs = build_decode_graphs(config, loaded.kernel_backend, self.runner, self.max_model_len)
+        spec = config.speculative
+        self.speculator = Speculator.for_device(spec, loaded.device) if spec is not None else None
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         # Unseeded requests sample from this engine's own generator: reproducible for a given
@@ -210,7 +213,8 @@ class Engine:
             EngineStepError: the forward pass or the sampler failed; the
                 requests of that step have been aborted (blocks freed).
         """
-        out = self.scheduler.schedule()
+        drafts = self.speculator.propose(self.scheduler.running) if self.speculator is not None else None
+        out = self.scheduler.schedule(drafts)
         if out.is_empty:
             # One max_model_len sequence always fits, so work left means work scheduled.
             assert not self.scheduler.has_unfinished(), "scheduler stalled with requests left"
@@ -222,11 +226,15 @@ class Engine:
             for rid in ids:
                 self.abort(rid)
             raise EngineStepError(ids, e) from e
+        if self.speculator is not None:
+            for s, tokens in zip(out.scheduled, result.sampled, strict=True):
+                if s.draft_token_ids:
+                    self.speculator.record(s.seq, len(s.draft_token_ids), len(tokens) - 1)  # type: ignore[arg-type]
         logprobs = {s.seq.seq_id: lp for s, lp in zip(out.scheduled, result.logprobs, strict=True)}
         changed: dict[str, Request] = {}
         for seq in self.scheduler.update(out, result.sampled):
             request = self.requests[seq.request_id]
-            if request.on_token(seq, logprobs[seq.seq_id]):
+            if request.on_tokens(seq, logprobs[seq.seq_id]):
                 self.scheduler.finish(seq, "stop")
             changed[request.request_id] = request
         outputs = []
@@ -238,11 +246,14 @@ class Engine:
         return outputs
 
     def stats(self) -> dict[str, float]:
-        """Queue lengths, KV usage and preemptions (for /metrics and progress bars)."""
+        """Queue lengths, KV usage, preemptions and (with speculation) draft counters (for /metrics and benches)."""
         s = self.scheduler
-        return {
+        stats: dict[str, float] = {
             "num_waiting": len(s.waiting),
             "num_running": len(s.running),
             "kv_cache_usage": self.block_manager.usage,
             "num_preemptions": s.num_preemptions,
         }
+        if self.speculator is not None:
+            stats.update(self.speculator.stats())
+        return stats

@@ -1,17 +1,21 @@
-"""Speculator: which sequences propose draft tokens this step, and how well proposals fare.
+"""Speculator: which sequences propose draft tokens this step, how many, and how well they fare.
 
 Each step, before scheduling, every running sequence in the decode state (one uncomputed
-token) that is eligible gets up to ``k'`` draft tokens from the n-gram proposer, where ``k'``
-is ``num_speculative_tokens`` cut so that ``max_tokens`` cannot be exceeded even if every
-draft and the bonus token are kept. The scheduler adds the drafts to the sequence's step
-(and may cut them to its token budget or drop them for lack of KV blocks); the runner
-verifies them (``verify.verify_drafts``).
+token) that is eligible may get draft tokens from the n-gram proposer. The scheduler adds them
+to the sequence's step (and may cut them to its token budget or drop them for lack of KV
+blocks); the runner verifies them (``verify.verify_drafts``).
 
-Adaptive back-off. A proposal that is rejected still costs its positions in the forward
-pass. Each sequence keeps the outcome of its last ``WINDOW`` verified proposals; when they
-accepted fewer than ``MIN_ACCEPTANCE`` of the drafted tokens, the sequence stops proposing
-for a pause (``PAUSE`` steps, doubling after each failed retry up to ``MAX_PAUSE``), then
-tries again. So free chat, where few n-grams repeat, runs (nearly) as plain decoding.
+How many: a cost model. A step over ``T`` tokens costs about ``F + c·T`` (``F``: the per-step
+overhead, ``fixed_cost_tokens = F / c`` in token-equivalents; on CPUs the matmuls cost ~per
+token, so F/c ~ 0.5; on GPUs a decode step is bound by reading the weights, so F/c is in the
+hundreds). Among ``B`` decoding sequences a draft token then costs ``beta = 1 / (1 + F / (c·B))``
+of a plain step's share, and with per-token acceptance ``a`` a proposal of ``k`` drafts yields
+``(1 - a^(k+1)) / (1 - a)`` tokens for ``1 + beta·k`` cost. Each sequence drafts the ``k`` (0 to
+``num_speculative_tokens``, and never past ``max_tokens``) that maximizes that ratio, with ``a``
+estimated from its last ``WINDOW`` verified proposals (plus an optimistic prior, so a new
+sequence tries). ``k = 0`` means drafting does not pay: the sequence pauses (``PAUSE`` steps,
+doubling after each failed retry up to ``MAX_PAUSE``) and then tries afresh. So free chat, where
+few n-grams repeat, runs as plain decoding, and a large CPU batch (beta ~ 1) does not draft.
 """
 
 from __future__ import annotations
@@ -20,15 +24,29 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from rusteeze.engine.sequence import Sequence
 from rusteeze.engine.spec_decode.config import SpeculativeConfig
 from rusteeze.engine.spec_decode.ngram import propose_ngram
 
-WINDOW = 4  # verified proposals a sequence's acceptance rate is judged on
-MIN_ACCEPTANCE = 0.3  # below this fraction of drafted tokens accepted, a sequence pauses
-PAUSE = 8  # steps without proposals after the first low-acceptance window
-MAX_PAUSE = 128  # longest pause (the pause doubles after each low window)
+WINDOW = 4  # verified proposals a sequence's acceptance is estimated from
+PRIOR_ACCEPTANCE = 0.9  # optimistic prior of the per-token acceptance (a new sequence tries)
+PRIOR_WEIGHT = 4  # ... worth this many draft tokens
+PAUSE = 8  # steps without proposals after drafting stopped paying
+MAX_PAUSE = 128  # longest pause (the pause doubles after each failed retry)
+FIXED_COST_TOKENS = {"cpu": 0.5, "cuda": 256.0}  # F / c per device type (measured on SmolLM2; see docs)
+
+
+def best_num_drafts(acceptance: float, beta: float, k_max: int) -> int:
+    """The number of drafts ``k`` in ``0 .. k_max`` with the most expected tokens per unit of cost."""
+    best, best_gain, expected = 0, 1.0, 1.0
+    for k in range(1, k_max + 1):
+        expected += acceptance**k  # tokens emitted: 1 + a + ... + a^k
+        gain = expected / (1 + beta * k)
+        if gain > best_gain * 1.02:  # a gain within noise is not worth the extra positions
+            best, best_gain = k, gain
+    return best
 
 
 def eligible(seq: Sequence) -> bool:
@@ -56,12 +74,20 @@ class _SeqState:
     pause_left: int = 0
     next_pause: int = PAUSE
 
+    @property
+    def acceptance(self) -> float:
+        """Estimated probability that a draft token is accepted."""
+        accepted = sum(a for a, _ in self.outcomes) + PRIOR_WEIGHT * PRIOR_ACCEPTANCE
+        return accepted / (sum(d for _, d in self.outcomes) + PRIOR_WEIGHT)
+
 
 class Speculator:
     """Proposes drafts for running sequences and keeps the acceptance counters.
 
     Args:
         config: the ``[speculative]`` settings.
+        fixed_cost_tokens: a step's fixed cost in token-equivalents (``FIXED_COST_TOKENS`` of the
+            device type).
 
     Attributes:
         num_draft_tokens: drafts verified so far.
@@ -69,28 +95,39 @@ class Speculator:
         num_verify_steps: sequence-steps that verified at least one draft.
     """
 
-    def __init__(self, config: SpeculativeConfig) -> None:
+    def __init__(self, config: SpeculativeConfig, fixed_cost_tokens: float = FIXED_COST_TOKENS["cpu"]) -> None:
         self.config = config
+        self.fixed_cost_tokens = fixed_cost_tokens
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
         self.num_verify_steps = 0
         self._states: dict[int, _SeqState] = {}
 
+    @classmethod
+    def for_device(cls, config: SpeculativeConfig, device: torch.device) -> Speculator:
+        """A Speculator with the cost model of ``device``'s type (GPUs: as CUDA)."""
+        return cls(config, FIXED_COST_TOKENS.get(device.type, FIXED_COST_TOKENS["cuda"]))
+
     def propose(self, running: list[Sequence]) -> dict[int, list[int]]:
         """Draft tokens by ``seq_id`` for the running sequences that speculate this step."""
         cfg = self.config
+        decoding = [s for s in running if s.num_tokens - s.num_computed_tokens == 1]
+        beta = 1.0 / (1.0 + self.fixed_cost_tokens / max(len(decoding), 1))
         drafts: dict[int, list[int]] = {}
-        for seq in running:
-            if seq.num_tokens - seq.num_computed_tokens != 1 or not eligible(seq):
-                continue
-            k = min(cfg.num_speculative_tokens, seq.max_tokens - seq.num_output_tokens - 1)
-            if k <= 0:
+        for seq in decoding:
+            k_max = min(cfg.num_speculative_tokens, seq.max_tokens - seq.num_output_tokens - 1)
+            if k_max <= 0 or not eligible(seq):
                 continue
             state = self._states.get(seq.seq_id)
             if state is None:
                 state = self._states[seq.seq_id] = _SeqState()
             if state.pause_left > 0:
                 state.pause_left -= 1
+                continue
+            k = best_num_drafts(state.acceptance, beta, k_max)
+            if k == 0:  # drafting does not pay for this sequence now: pause, then try afresh
+                state.pause_left, state.next_pause = state.next_pause, min(2 * state.next_pause, MAX_PAUSE)
+                state.outcomes.clear()
                 continue
             tokens = np.asarray(seq.token_ids, dtype=np.int64)  # [L]
             draft = propose_ngram(tokens, cfg.prompt_lookup_min, cfg.prompt_lookup_max, k)
@@ -107,18 +144,10 @@ class Speculator:
         self.num_accepted_tokens += num_accepted
         self.num_verify_steps += 1
         state = self._states.get(seq.seq_id)
-        if state is None:
-            return
-        state.outcomes.append((num_accepted, num_drafted))
-        if len(state.outcomes) < WINDOW:
-            return
-        accepted = sum(a for a, _ in state.outcomes)
-        drafted = sum(d for _, d in state.outcomes)
-        if accepted < MIN_ACCEPTANCE * drafted:
-            state.pause_left, state.next_pause = state.next_pause, min(2 * state.next_pause, MAX_PAUSE)
-            state.outcomes.clear()
-        elif accepted >= 2 * MIN_ACCEPTANCE * drafted:
-            state.next_pause = PAUSE
+        if state is not None:
+            state.outcomes.append((num_accepted, num_drafted))
+            if num_accepted == num_drafted:
+                state.next_pause = PAUSE  # drafting pays again: a later pause starts short
 
     def stats(self) -> dict[str, float]:
         """Counters for ``Engine.stats``: drafted and accepted tokens, acceptance rate, mean accepted length."""

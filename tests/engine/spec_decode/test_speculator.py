@@ -5,7 +5,7 @@ import pytest
 from rusteeze.config import EngineConfig, load_config_file
 from rusteeze.engine.sequence import Sequence
 from rusteeze.engine.spec_decode.config import SpeculativeConfig
-from rusteeze.engine.spec_decode.speculator import MIN_ACCEPTANCE, PAUSE, WINDOW, Speculator
+from rusteeze.engine.spec_decode.speculator import PAUSE, WINDOW, Speculator, best_num_drafts
 from rusteeze.errors import ConfigError
 from rusteeze.sampling import SamplingParams
 
@@ -23,7 +23,7 @@ def decoding(tokens=REPEATS, seq_id=0, **params) -> Sequence:
 
 
 def test_proposes_for_eligible_decodes_within_max_tokens():
-    spec = Speculator(SpeculativeConfig(num_speculative_tokens=3))
+    spec = Speculator(SpeculativeConfig(num_speculative_tokens=3), fixed_cost_tokens=256)  # a GPU's cost model
     plain, near_end = decoding(seq_id=0), decoding(seq_id=1, max_tokens=12)  # 10 of 12 generated
     prefill = decoding(seq_id=2)
     prefill.num_computed_tokens = 3
@@ -34,24 +34,40 @@ def test_proposes_for_eligible_decodes_within_max_tokens():
 
 
 def test_low_acceptance_pauses_a_sequence_then_it_retries():
-    spec = Speculator(SpeculativeConfig())
+    spec = Speculator(SpeculativeConfig(), fixed_cost_tokens=0.5)  # a CPU's cost model
     seq = decoding()
-    for _ in range(WINDOW):
-        assert seq.seq_id in spec.propose([seq])
-        spec.record(seq, 4, int(4 * MIN_ACCEPTANCE) - 1)
+    attempts = 0  # rejected drafts: the estimate of the acceptance falls until drafting stops paying
+    while (drafts := spec.propose([seq])) and attempts < 5:
+        spec.record(seq, len(drafts[seq.seq_id]), 0)
+        attempts += 1
+    assert 1 <= attempts <= 3  # the step that returned no drafts began the pause
     for _ in range(PAUSE):
         assert spec.propose([seq]) == {}
     assert seq.seq_id in spec.propose([seq])
     good = decoding(seq_id=1)
-    for _ in range(3 * WINDOW):
-        assert good.seq_id in spec.propose([good])
-        spec.record(good, 4, 3)
+    for _ in range(WINDOW):
+        drafts = spec.propose([good])[good.seq_id]
+        spec.record(good, len(drafts), len(drafts))
+    assert len(spec.propose([good])[good.seq_id]) == 4  # all accepted: the full k
     s = spec.stats()
-    assert s["spec_decode_num_draft_tokens"] == 4 * 4 * WINDOW
-    assert s["spec_decode_num_verify_steps"] == 4 * WINDOW
-    assert s["spec_decode_mean_accepted_length"] == pytest.approx(
-        1 + s["spec_decode_num_accepted_tokens"] / (4 * WINDOW)
-    )
+    assert s["spec_decode_acceptance_rate"] == s["spec_decode_num_accepted_tokens"] / s["spec_decode_num_draft_tokens"]
+    steps = s["spec_decode_num_verify_steps"]
+    assert s["spec_decode_mean_accepted_length"] == pytest.approx(1 + s["spec_decode_num_accepted_tokens"] / steps)
+
+
+def test_the_cost_model_drafts_only_where_it_pays():
+    assert best_num_drafts(0.95, beta=0.01, k_max=4) == 4  # GPU, one sequence: weight reads dominate
+    assert best_num_drafts(0.3, beta=0.01, k_max=4) >= 1
+    assert best_num_drafts(0.98, beta=0.67, k_max=4) >= 3  # CPU, one sequence, text being repeated
+    assert best_num_drafts(0.4, beta=0.67, k_max=4) == 0  # CPU, free chat
+    assert best_num_drafts(0.98, beta=0.99, k_max=4) == 0  # CPU, a big batch: every token costs the same
+    assert best_num_drafts(0.99, beta=0.01, k_max=1) == 1
+
+
+def test_a_big_cpu_batch_does_not_draft():
+    spec = Speculator(SpeculativeConfig(), fixed_cost_tokens=0.5)
+    batch = [decoding(seq_id=i) for i in range(64)]
+    assert spec.propose(batch) == {}
 
 
 @pytest.mark.parametrize(
