@@ -13,6 +13,8 @@ from rusteeze.engine.block_manager import BlockManager
 from rusteeze.engine.kv_cache import KVCache, poison_blocks
 from rusteeze.engine.sampler import Logprobs, SamplingBatch, gather_logprobs, sample
 from rusteeze.engine.scheduler import SchedulerOutput
+from rusteeze.engine.spec_decode.rollback import poison_slots, rejected_slots
+from rusteeze.engine.spec_decode.verify import verify_drafts
 from rusteeze.models.attention import AttentionMetadata
 
 if TYPE_CHECKING:
@@ -23,10 +25,14 @@ PROMPT_LOGPROBS_ROWS = 256  # prompt positions scored per lm_head call
 
 @dataclass
 class RunnerOutput:
-    """Per scheduled sequence (in schedule order): sampled token and its logprobs, or None."""
+    """Per scheduled sequence (in schedule order): sampled token and its logprobs, or None.
 
-    sampled: list[int | None]
-    logprobs: list[Logprobs | None]
+    A sequence that verified draft tokens gets lists instead: the kept drafts then the sampled
+    token, and one Logprobs per token (or None when it asked for none).
+    """
+
+    sampled: list[int | list[int] | None]
+    logprobs: list[Logprobs | list[Logprobs] | None]
 
 
 class ModelRunner:
@@ -89,7 +95,8 @@ class ModelRunner:
         for b, s in enumerate(scheduled):
             table = np.asarray(s.seq.block_table, dtype=np.int64)
             p = np.arange(s.start, s.start + s.num_new_tokens, dtype=np.int64)  # [q_len]
-            ids.append(s.seq.token_ids[s.start : s.start + s.num_new_tokens])
+            ids.append(s.seq.token_ids[s.start : s.start + s.num_new_tokens - len(s.draft_token_ids)])
+            ids.append(s.draft_token_ids)
             pos.append(p)
             slots.append(table[p // bs] * bs + p % bs)
             # Released (sliding-window) blocks are -1; attention masks them, so any valid id does.
@@ -112,7 +119,8 @@ class ModelRunner:
         """Compute the step, sample, and record prompt logprobs.
 
         Logits are computed only for the last token of each sequence that
-        reaches its end this step, plus, for requests asking for
+        reaches its end this step (and each of its draft tokens, which are
+        verified: ``spec_decode.verify``), plus, for requests asking for
         ``prompt_logprobs``, the prompt positions not yet scored (those are
         appended to ``seq.prompt_logprobs`` here, so a recomputation after
         preemption does not score them twice).
@@ -126,7 +134,10 @@ class ModelRunner:
         if hidden is None:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
         offsets = meta.cu_seqlens_q.tolist()
-        sample_rows = [offsets[b + 1] - 1 for b, s in enumerate(scheduled) if s.samples]
+        # A sampling sequence's rows: its last token, then each draft token (speculative decoding).
+        samplers = [(b, s) for b, s in enumerate(scheduled) if s.samples]
+        row_ranges = [range(offsets[b + 1] - 1 - len(s.draft_token_ids), offsets[b + 1]) for b, s in samplers]
+        sample_rows = [r for rr in row_ranges for r in rr]
         prompt_rows, prompt_targets, prompt_owners = [], [], []
         for b, s in enumerate(scheduled):
             seq = s.seq
@@ -142,14 +153,8 @@ class ModelRunner:
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
         logits = self.model.compute_logits(hidden[rows])  # [S, V] float32
         if self.poison:
-            self._check_logits(logits, scheduled, len(sample_rows))
-        sampling = [s.seq for s in scheduled if s.samples]
-        tokens: list[int] = []
-        logprobs: list[Logprobs | None] = []
-        if sampling:
-            batch = SamplingBatch.from_sequences(sampling, self.vocab_size, self.device)
-            tok, logprobs = sample(logits[: len(sampling)], batch)
-            tokens = tok.tolist()
+            self._check_logits(logits, [s.seq for (_, s), rr in zip(samplers, row_ranges, strict=True) for _ in rr])
+        tokens, logprobs = self._sample(logits, [s for _, s in samplers])
         # Prompt rows are scored a slice at a time: a whole 2,048-token prompt over a
         # 152k vocabulary would otherwise hold ~1.2 GB of float32 logits at once.
         for first in range(0, len(prompt_rows), PROMPT_LOGPROBS_ROWS):
@@ -157,7 +162,7 @@ class ModelRunner:
             idx = torch.tensor(prompt_rows[part], dtype=torch.long, device=self.device)
             part_logits = self.model.compute_logits(hidden[idx])  # [<= PROMPT_LOGPROBS_ROWS, V] float32
             if self.poison:
-                self._check_logits(part_logits, scheduled, 0)
+                self._check_logits(part_logits, [])
             targets = torch.tensor(prompt_targets[part], dtype=torch.long, device=self.device)
             owners = prompt_owners[part]
             num = [seq.params.prompt_logprobs for seq in owners]
@@ -168,11 +173,60 @@ class ModelRunner:
         lps = [next(it_lp) if s.samples else None for s in scheduled]
         return RunnerOutput(sampled, lps)
 
-    def _check_logits(self, logits: torch.Tensor, scheduled: list, num_sampled: int) -> None:
-        """Debug mode: NaN logits mean some sequence read a KV slot it never wrote."""
+    def _sample(self, logits: torch.Tensor, samplers: list) -> tuple[list, list]:
+        """Tokens and logprobs of the sampling sequences from their logits rows [S, V] (in order).
+
+        Sequences with drafts are verified (``verify_drafts``: lists of tokens); the others take
+        the plain sampler on their one row.
+        """
+        if not samplers:
+            return [], []
+        if not any(s.draft_token_ids for s in samplers):
+            batch = SamplingBatch.from_sequences([s.seq for s in samplers], self.vocab_size, self.device)
+            tok, logprobs = sample(logits, batch)
+            return tok.tolist(), logprobs
+        firsts, row = [], 0
+        for s in samplers:
+            firsts.append(row)
+            row += len(s.draft_token_ids) + 1
+        spec = [i for i, s in enumerate(samplers) if s.draft_token_ids]
+        plain = [i for i, s in enumerate(samplers) if not s.draft_token_ids]
+        tokens: list = [None] * len(samplers)
+        logprobs: list = [None] * len(samplers)
+        spec_rows = [firsts[i] + j for i in spec for j in range(len(samplers[i].draft_token_ids) + 1)]
+        emitted, spec_lps = verify_drafts(
+            logits[torch.tensor(spec_rows, dtype=torch.long, device=self.device)],
+            [samplers[i].seq for i in spec],
+            [samplers[i].draft_token_ids for i in spec],
+            self.vocab_size,
+        )
+        for i, tok_list, lp in zip(spec, emitted, spec_lps, strict=True):
+            tokens[i], logprobs[i] = tok_list, lp
+        if plain:
+            batch = SamplingBatch.from_sequences([samplers[i].seq for i in plain], self.vocab_size, self.device)
+            rows = torch.tensor([firsts[i] for i in plain], dtype=torch.long, device=self.device)
+            tok, lps = sample(logits[rows], batch)
+            for i, t, lp in zip(plain, tok.tolist(), lps, strict=True):
+                tokens[i], logprobs[i] = t, lp
+        if self.poison:  # the rejected drafts' slots: NaN, so that a read of one shows
+            self._poison_rejected([samplers[i] for i in spec], emitted)
+        return tokens, logprobs
+
+    def _poison_rejected(self, sampling: list, emitted: list[list[int]]) -> None:
+        """Debug mode: NaN-fill the slots written for drafts that were rejected."""
+        bs, slots = self.block_size, []
+        for s, tokens in zip(sampling, emitted, strict=True):
+            end = s.start + s.num_new_tokens  # one past the last draft's position
+            slots += rejected_slots(s.seq.block_table, end - len(s.draft_token_ids) + len(tokens) - 1, end, bs)
+        poison_slots(self.kv_caches, slots)
+
+    def _check_logits(self, logits: torch.Tensor, owners: list) -> None:
+        """Debug mode: NaN logits mean some sequence read a KV slot it never wrote.
+
+        ``owners``: the sequence of each sampled row (prompt-logprobs rows have none).
+        """
         bad = torch.isnan(logits).any(dim=-1).nonzero().flatten().tolist()
         if not bad:
             return
-        sampling = [s for s in scheduled if s.samples]
-        who = [repr(sampling[r].seq) if r < num_sampled else f"prompt-logprobs row {r}" for r in bad]
+        who = [repr(owners[r]) if r < len(owners) else f"prompt-logprobs row {r}" for r in bad]
         raise RuntimeError("poisoned KV read (RUSTEEZE_DEBUG_POISON_KV): NaN logits for " + ", ".join(who[:4]))
