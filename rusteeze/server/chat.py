@@ -29,9 +29,11 @@ async def create_chat_completion(state: ServerState, request: HTTPRequest) -> Re
     response_id = new_id("chatcmpl")
     template_kwargs = {**req.template_kwargs, "add_generation_prompt": req.add_generation_prompt}
     state.require_engine()
-    messages, template_kwargs = chat_inputs(state.engine.tokenizer, req.messages, req.tools, template_kwargs)
+    tokenizer = state.engine.tokenizer
+    messages, template_kwargs = chat_inputs(tokenizer, req.messages, req.tools, template_kwargs)
     inputs = [{"messages": messages, "chat_template_kwargs": template_kwargs}]
-    gen = await Generation.create(state, response_id, inputs, req.params)
+    params = req.tools.keep_call_tags(req.params, tokenizer) if req.tools is not None else req.params
+    gen = await Generation.create(state, response_id, inputs, params)
     fmt = _Formatter(state, req, gen, response_id)
     if req.stream:
         return StreamingResponse(fmt.stream(request))

@@ -24,7 +24,9 @@ from typing import Any
 from rusteeze.errors import InvalidRequestError
 from rusteeze.sampling import SamplingParams
 from rusteeze.server.http import bad_request
+from rusteeze.server.tool_parser import CLOSE_TAG, OPEN_TAG
 from rusteeze.structured.params import StructuredOutputsParams
+from rusteeze.tokenizer import Tokenizer
 
 # OpenAI's function names (letters, digits, '_' and '-', at most 64), plus '.' and ':' (namespaced names).
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -102,6 +104,19 @@ class ToolRequest:
                 where = f"tools[{i}].function.parameters"
                 raise bad_request(f"{where} is not a usable JSON schema: {e}", param=where) from None
         return dataclasses.replace(params, structured_outputs=StructuredOutputsParams(json=self.call_schema()))
+
+    def keep_call_tags(self, params: SamplingParams, tokenizer: Tokenizer) -> SamplingParams:
+        """``params`` that keep special tokens in the text when the call tags are special tokens.
+
+        Decoding drops special tokens by default; a vocabulary that has ``<tool_call>`` as one
+        would hide the calls from the parser (vLLM's Hermes parser makes the same adjustment).
+        """
+        if not self.parses or not params.skip_special_tokens:
+            return params
+        tags = {tokenizer.token_to_id(OPEN_TAG), tokenizer.token_to_id(CLOSE_TAG)} - {None}
+        if tags & tokenizer.special_token_ids():
+            return dataclasses.replace(params, skip_special_tokens=False)
+        return params
 
 
 def _call_object(function: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

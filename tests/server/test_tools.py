@@ -11,6 +11,7 @@ from rusteeze.server.http import APIError
 from rusteeze.server.protocol import parse_chat
 from rusteeze.server.tools import parse_tool_request
 from rusteeze.structured import StructuredOutputsParams
+from rusteeze.tokenizer import Tokenizer
 
 USER = [{"role": "user", "content": "hi"}]
 NOPE = {"type": "function", "function": {"name": "nope"}}
@@ -151,3 +152,23 @@ def test_named_schema_is_one_call_object_and_defs_keep_working():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "get_time", "arguments": {"zone": "UTC"}}, schema)
     StructuredOutputsParams(json=schema)  # llguidance compiles it
+
+
+def _tokenizer_with_tags(special: bool) -> Tokenizer:
+    from tokenizers import AddedToken, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_tokens([AddedToken(t, special=special) for t in ("<tool_call>", "</tool_call>")])
+    return Tokenizer(backend)
+
+
+def test_special_call_tags_are_kept_in_the_text_only_when_calls_are_parsed():
+    params = SamplingParams()
+    auto = parse_tool_request({"tools": [TIME_TOOL]})
+    none = parse_tool_request({"tools": [TIME_TOOL], "tool_choice": "none"})
+    special, plain = _tokenizer_with_tags(True), _tokenizer_with_tags(False)
+    assert special.decode(special.encode("<tool_call>hi")) == "hi"  # what the parser would get
+    assert auto.keep_call_tags(params, special).skip_special_tokens is False
+    assert auto.keep_call_tags(params, plain) is params and none.keep_call_tags(params, special) is params
