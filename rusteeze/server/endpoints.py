@@ -10,6 +10,8 @@ from rusteeze.server.http import APIError, HTTPRequest, Response, bad_request
 from rusteeze.server.metrics import CONTENT_TYPE
 from rusteeze.server.protocol import parse_messages
 from rusteeze.server.state import ServerState
+from rusteeze.server.tool_prompt import chat_inputs
+from rusteeze.server.tools import parse_tool_request
 
 
 async def list_models(state: ServerState, request: HTTPRequest) -> Response:
@@ -44,6 +46,8 @@ async def metrics(state: ServerState, request: HTTPRequest) -> Response:
 async def tokenize(state: ServerState, request: HTTPRequest) -> Response:
     """``POST /tokenize``: ``{"prompt": str}`` or ``{"messages": [...]}`` → ``{"tokens", "count", "max_model_len"}``.
 
+    Messages may come with ``tools`` (and ``tool_choice``): they are rendered as chat renders them.
+
     Raises:
         APIError: 400 for a missing / ill-typed prompt or messages.
     """
@@ -54,11 +58,12 @@ async def tokenize(state: ServerState, request: HTTPRequest) -> Response:
     special = _opt(body, "add_special_tokens", bool)
     if body.get("messages") is not None:
         messages = parse_messages(body["messages"])
+        messages, kwargs = chat_inputs(engine.tokenizer, messages, parse_tool_request(body), {})
         add_prompt = _opt(body, "add_generation_prompt", bool)
         add_prompt = True if add_prompt is None else add_prompt
 
         def work() -> list[int]:
-            return engine.tokenizer.encode_chat(messages, add_generation_prompt=add_prompt)
+            return engine.tokenizer.encode_chat(messages, add_generation_prompt=add_prompt, **kwargs)
     else:
         prompt = _opt(body, "prompt", str)
         if prompt is None:

@@ -2,6 +2,7 @@
 
 import json
 
+import httpx
 import jsonschema
 import pytest
 from server_helpers import MODEL, live_server
@@ -144,6 +145,15 @@ def test_a_tool_result_conversation_is_accepted(tiny, template):
         model=MODEL, messages=HISTORY, tools=[TINY_WEATHER], max_tokens=4, temperature=0, extra_body=template
     )
     assert r.choices[0].message.role == "assistant" and r.usage.prompt_tokens > 40
+
+
+def test_tokenize_counts_the_prompt_chat_sends(tiny, tiny_url):
+    kw = dict(model=MODEL, messages=HISTORY, tools=[TINY_WEATHER], tool_choice="required", max_tokens=1)
+    r = tiny.chat.completions.create(**kw)
+    body = {"messages": HISTORY, "tools": [TINY_WEATHER], "tool_choice": "required"}
+    count = httpx.post(tiny_url + "/tokenize", json=body).json()["count"]
+    plain = httpx.post(tiny_url + "/tokenize", json={"messages": HISTORY}).json()["count"]
+    assert count == r.usage.prompt_tokens and count > plain + 100  # the fallback block is in both
 
 
 def test_bad_tools_are_400_not_500(tiny):
