@@ -35,6 +35,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 import typer
 
 from rusteeze.commands.common import Debug
+from rusteeze.commands.speculative_flags import DraftModel, NumSpeculativeTokens, Speculative, speculative_flags
 from rusteeze.config import DTYPES, KERNEL_BACKENDS, EngineConfig, load_config_file
 from rusteeze.errors import ConfigError
 
@@ -205,6 +206,9 @@ class EngineOptions:
     no_gguf_direct: NoGgufDirect = False
     enforce_eager: EnforceEager = False
     gpu_memory_utilization: GpuMemoryUtilization = None
+    speculative: Speculative = None
+    draft_model: DraftModel = None
+    num_speculative_tokens: NumSpeculativeTokens = None
 
     def engine_config(self, model: str | None, **extra: Any) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
         """The command's EngineConfig and the config file's tables: see :func:`engine_config`."""
@@ -261,6 +265,9 @@ def engine_config(
     no_gguf_direct: bool = False,
     enforce_eager: bool = False,
     gpu_memory_utilization: float | None = None,
+    speculative: str | None = None,
+    draft_model: str | None = None,
+    num_speculative_tokens: int | None = None,
     **extra: Any,
 ) -> tuple[EngineConfig, dict[str, dict[str, Any]]]:
     """Build the EngineConfig of a command: flags given > the config file > the defaults.
@@ -268,7 +275,7 @@ def engine_config(
     Args:
         model: the MODEL argument (None: the file's `model`, else the default model).
         config_file: the `--config` file, if any.
-        dtype ... gpu_memory_utilization: the shared flags, None (False) when not given.
+        dtype ... num_speculative_tokens: the shared flags, None (False) when not given.
         **extra: more EngineConfig fields a command sets itself (e.g. bench's `seed`); None means not given.
 
     Returns:
@@ -299,6 +306,9 @@ def engine_config(
     given = {key: value for key, value in flags.items() if value is not None}
     for key, value in given.items():
         _check_flag(key, value)
+    spec = speculative_flags(base.speculative, speculative, draft_model, num_speculative_tokens)
+    if spec is not None:
+        given["speculative"] = spec
     return base.replace(**given), sections
 
 
