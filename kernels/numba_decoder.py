@@ -17,7 +17,8 @@ path uses torch's GEMM): results differ only by float32 summation order.
 
 Each linear is handed over as one :data:`LinearArgs` tuple ``(kind, w4, s4,
 m4, w8, s8, wf, bias)``: ``kind`` selects int4 tiles (``w4``/``s4``/``m4``),
-int8 tiles (``w8``/``s8``) or a float32 ``[N, K]`` weight (``wf``); the unused
+int8 tiles (``w8``/``s8``), each with float32 or int8-quantized activations
+(``numba_q8_matmul``, dtype "auto"), or a float32 ``[N, K]`` weight (``wf``); the unused
 arrays are empty, so every layer, whatever its formats, runs the one compiled
 signature. Rows run in the calling thread, each in a fixed order that does not
 depend on the other rows (batch invariant, as the per-op kernels).
@@ -37,12 +38,22 @@ from rusteeze.kernels.numba_activation import _silu_and_mul_rows
 from rusteeze.kernels.numba_attention import _OK, TORCH_PREFILL_MIN_Q, _attention_serial
 from rusteeze.kernels.numba_checks import JIT, array, index_array, is_f32
 from rusteeze.kernels.numba_norm import _add_rms_norm_rows, _rms_norm_rows
+from rusteeze.kernels.numba_q8_matmul import (
+    act_block,
+    int4_q8_parallel,
+    int4_q8_serial,
+    int8_q8_parallel,
+    int8_q8_serial,
+    quantize_rows,
+)
 from rusteeze.kernels.numba_quant_matmul import TILE, _int4_parallel, _int4_serial, _int8_parallel, _int8_serial
 from rusteeze.kernels.numba_rotary_kv import _bad_positions, _bad_slots, _rotate_token, _store_token
 
 KIND_INT4 = 0
 KIND_INT8 = 1
 KIND_F32 = 2
+KIND_INT4_Q8 = 3  # int4 tiles, activations quantized to int8 (numba_q8_matmul; dtype "auto")
+KIND_INT8_Q8 = 4  # int8 tiles, activations quantized to int8
 _NO_TORCH = 1 << 30  # the attention's torch_min_q: never hand a sequence to torch (callers keep q_len small)
 
 MAX_QUERY_TOKENS = TORCH_PREFILL_MIN_Q - 1  # per sequence: the attention stays in Numba
@@ -96,6 +107,25 @@ def _linear(x, lin, n):
             _int8_parallel(x, w8, s8, pad)
         else:
             _int8_serial(x, w8, s8, pad)
+    elif kind >= KIND_INT4_Q8:  # KIND_INT4_Q8 or KIND_INT8_Q8: activations quantized to int8
+        k = x.shape[1]
+        block = act_block(k // (s4.shape[1] if kind == KIND_INT4_Q8 else s8.shape[1]))
+        xq = np.empty((t_count, k), np.int8)  # x quantized per block: int8 values, scale d, d · Σ q
+        xd = np.empty((t_count, k // block), np.float32)
+        xs = np.empty((t_count, k // block), np.float32)
+        quantize_rows(x, block, xq, xd, xs)
+        if kind == KIND_INT4_Q8:
+            pad = np.empty((t_count, w4.shape[0] * TILE), np.float32)
+            if threaded:
+                int4_q8_parallel(xq, xd, xs, w4, s4, m4, pad)
+            else:
+                int4_q8_serial(xq, xd, xs, w4, s4, m4, pad)
+        else:
+            pad = np.empty((t_count, w8.shape[0] * TILE), np.float32)
+            if threaded:
+                int8_q8_parallel(xq, xd, w8, s8, pad)
+            else:
+                int8_q8_serial(xq, xd, w8, s8, pad)
     else:
         pad = np.empty((t_count, n), np.float32)
         _f32_rows(x, wf, pad)
@@ -219,10 +249,12 @@ def linear_args(module: torch.nn.Module) -> tuple | None:
     tiled = getattr(module, "tiled", None)
     if tiled is not None:
         w = tiled.weight.numpy()
+        q8 = tiled.int8_activations
         if w.dtype == np.uint8:
             s, mn = tiled.scales.numpy(), tiled.mins.numpy()
-            return (KIND_INT4, w, s, mn, _EMPTY_I8, _EMPTY_F3, _EMPTY_F2, b)
-        return (KIND_INT8, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, w, tiled.scales.numpy(), _EMPTY_F2, b)
+            return (KIND_INT4_Q8 if q8 else KIND_INT4, w, s, mn, _EMPTY_I8, _EMPTY_F3, _EMPTY_F2, b)
+        s8 = tiled.scales.numpy()
+        return (KIND_INT8_Q8 if q8 else KIND_INT8, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, w, s8, _EMPTY_F2, b)
     weight = getattr(module, "weight", None)
     if (
         isinstance(module, torch.nn.Linear)

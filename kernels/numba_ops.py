@@ -21,6 +21,7 @@ from rusteeze.kernels import (
     numba_attention,
     numba_decoder,
     numba_norm,
+    numba_q8_matmul,
     numba_quant_matmul,
     numba_rotary_kv,
 )
@@ -48,6 +49,7 @@ KERNEL_MODULES: tuple[ModuleType, ...] = (
     numba_rotary_kv,
     numba_attention,
     numba_quant_matmul,
+    numba_q8_matmul,
     numba_decoder,
 )
 
@@ -122,5 +124,9 @@ def warm_up() -> float:
     numba_quant_matmul.int8_matmul(x, *int8, 2)
     numba_quant_matmul.int8_matmul(torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8), *int8, 2)
     numba_quant_matmul.dequantize_int8_t(*int8, 2)
+    numba_q8_matmul.act_block(32)
+    for rows in (x, torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8)):  # serial, then threaded
+        numba_q8_matmul.int4_matmul_q8(rows, *int4, 2)
+        numba_q8_matmul.int8_matmul_q8(rows, *int8, 2)
     numba_decoder.warm_up()  # the fused decode layer (rusteeze.models.llama)
     return time.perf_counter() - t0

@@ -47,6 +47,8 @@ def compute_path(engine: Any) -> str:
     if runs != "numba" and any(isinstance(m, QuantLinear) and m.tiled is not None for m in loaded.model.modules()):
         kernels += " with Numba int4/int8 matmuls"
     dtype = str(loaded.dtype).removeprefix("torch.")
+    if any(getattr(m.tiled, "int8_activations", False) for m in loaded.model.modules() if isinstance(m, QuantLinear)):
+        dtype += " (int8 in decode matmuls)"  # dtype "auto": decode-sized quantized matmuls quantize x to int8
     return f"{device}, {dtype} activations, {kernels} (kernel backend {asked})"
 
 

@@ -43,16 +43,19 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n)) if bias else None
         self.tiled: cpu_matmul.TiledInt4 | cpu_matmul.TiledInt8 | None = None  # set by prepare_cpu()
 
-    def prepare_cpu(self) -> None:
-        """Repack the weight into the Numba kernels' tiles and drop the checkpoint buffers (idempotent)."""
+    def prepare_cpu(self, int8_activations: bool = False) -> None:
+        """Repack the weight into the Numba kernels' tiles and drop the checkpoint buffers (idempotent).
+
+        ``int8_activations``: small calls quantize their input to int8 (see ``cpu_matmul``).
+        """
         if self.tiled is not None:
             return
         empty = torch.empty(0)
         if self.method == "int8":
-            self.tiled = cpu_matmul.TiledInt8.from_int8(self.weight, self.weight_scale)
+            self.tiled = cpu_matmul.TiledInt8.from_int8(self.weight, self.weight_scale, int8_activations)
             self.weight, self.weight_scale = empty.to(torch.int8), empty
         else:
-            self.tiled = cpu_matmul.TiledInt4.from_packed(self.qweight, self.scales, self.mins)
+            self.tiled = cpu_matmul.TiledInt4.from_packed(self.qweight, self.scales, self.mins, int8_activations)
             self.qweight, self.scales, self.mins = empty.to(torch.uint8), empty, empty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,13 +112,21 @@ def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
         setattr(parent, child, new)
 
 
-def prepare_quantized(model: nn.Module, kernel_backend: str) -> None:
+def prepare_quantized(model: nn.Module, kernel_backend: str, int8_activations: bool = False) -> None:
     """After loading: move CPU quantized layers onto the Numba kernels (the "numba" backend).
 
-    Other backends keep the checkpoint layout (the torch reference ops, Triton).
+    ``int8_activations`` (the loader sets it for ``dtype="auto"``): the decoder
+    layers' decode-sized calls quantize activations to int8 and use integer dot
+    products, as llama.cpp; False keeps float32 activations (``dtype="float32"``:
+    float32 math). The logits layer (a tied embedding or ``lm_head``) always keeps
+    float32 activations: with int8 ones SmolLM2's greedy answers went wrong ("What
+    is the capital of France?" → "L'Étoile, …" instead of "… Paris."), for ~0.2 ms
+    of the token time. Other backends keep the checkpoint layout (the torch
+    reference ops, Triton).
     """
     if kernel_backend != "numba":
         return
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, QuantLinear) and next(module.buffers()).device.type == "cpu":
-            module.prepare_cpu()
+            logits_layer = isinstance(module, QuantEmbedding) or name == "lm_head"
+            module.prepare_cpu(int8_activations and not logits_layer)

@@ -119,7 +119,7 @@ def test_large_steps_and_bad_slots_take_the_per_op_path(tiny_llama_dir):
 
 
 def test_smollm2_greedy_identical_to_torch_backend(smollm2_gguf_path):
-    numba_model = load_model_from_path(smollm2_gguf_path, kernel_backend="numba")
+    numba_model = load_model_from_path(smollm2_gguf_path, kernel_backend="numba", dtype="float32")  # float32 math
     torch_model = load_model_from_path(smollm2_gguf_path, kernel_backend="torch")
     prompts = [numba_model.tokenizer.encode_chat([{"role": "user", "content": p}]) for p in ("Name a fruit.", "2+2?")]
     got = paged_greedy(numba_model.model, prompts, steps=16, block_size=16)
@@ -140,3 +140,18 @@ def test_fused_rows_are_batch_invariant(tiny_model_dirs, tmp_path):
     batch = _step(model, caches, tables, lens, [1, 2, 1], torch.tensor([40, 41, 42, 43]), fused=True)
     alone = _step(model, alone_caches, tables[:1], lens[:1], [1], torch.tensor([40]), fused=True)
     assert torch.equal(batch[0], alone[0])
+
+
+def test_smollm2_default_dtype_runs_int8_activations_and_answers(smollm2_gguf_path):
+    """dtype "auto" quantizes decode activations to int8 (as llama.cpp); greedy answers stay right."""
+    loaded = load_model_from_path(smollm2_gguf_path, kernel_backend="numba")
+    model, tok = loaded.model, loaded.tokenizer
+    questions = {"What is the capital of France?": "Paris", "What color is the sky on a clear day?": "blue",
+                 "Name a fruit.": "Banana"}  # fmt: skip
+    prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    got = paged_greedy(model, prompts, steps=20, block_size=16)
+    kinds = {lin[0] for layer in model._fused[1] for lin in layer[-4:]}
+    assert numba_decoder.KIND_INT4_Q8 in kinds and kinds <= {numba_decoder.KIND_INT4_Q8, numba_decoder.KIND_INT8_Q8}
+    assert not model.embed_tokens.tiled.int8_activations  # the logits layer keeps float32 activations
+    for answer, ids in zip(questions.values(), got, strict=True):
+        assert answer in tok.decode(ids), tok.decode(ids)

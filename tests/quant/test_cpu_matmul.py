@@ -84,3 +84,21 @@ def test_threaded_and_single_thread_products_are_bit_identical(monkeypatch):
     monkeypatch.setattr(numba_quant_matmul, "PARALLEL_MIN_MACS", 1 << 62)
     single = int4.matmul(x), int8.matmul(x)
     assert all(torch.equal(a, b) for a, b in zip(threaded, single, strict=True))
+
+
+def test_int8_activations_take_the_integer_kernel_only_for_kernel_sized_calls():
+    """With int8_activations, up to NUMBA_MAX_TOKENS rows are rounded to int8 per block; larger calls stay float32."""
+    from rusteeze.kernels import numba_q8_matmul
+
+    torch.manual_seed(3)
+    packed, scales, mins = random_int4(96, 128, 32)
+    q8 = cpu_matmul.TiledInt4.from_packed(packed, scales, mins, int8_activations=True)
+    f32 = cpu_matmul.TiledInt4.from_packed(packed, scales, mins)
+    small, large = torch.randn(cpu_matmul.NUMBA_MAX_TOKENS, 128), torch.randn(cpu_matmul.NUMBA_MAX_TOKENS + 1, 128)
+    expected = numba_q8_matmul.int4_matmul_q8(small, q8.weight, q8.scales, q8.mins, 96)
+    assert torch.equal(q8.matmul(small), expected)
+    assert not torch.allclose(q8.matmul(small), f32.matmul(small), rtol=1e-5, atol=1e-5)
+    assert torch.equal(q8.matmul(large), f32.matmul(large))
+    q = torch.randint(-127, 128, (96, 128), dtype=torch.int8)
+    i8 = cpu_matmul.TiledInt8.from_int8(q, torch.rand(96, 4), int8_activations=True)
+    assert torch.equal(i8.matmul(small), numba_q8_matmul.int8_matmul_q8(small, i8.weight, i8.scales, 96))

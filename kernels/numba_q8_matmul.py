@@ -1,0 +1,208 @@
+"""Numba CPU kernels for quantized matmul with int8 activations: integer dot products, as llama.cpp's q8 path.
+
+The weights are :mod:`numba_quant_matmul`'s row tiles (int4 ``w [N/R, K/2, R]``
+uint8 or int8 ``w [N/R, K, R]``, group scales/mins ``[N/R, K/G, R]``). The
+activations ``x [M, K]`` float32 are quantized once per call, per block of
+``B`` values (``B = 32`` when it divides the weight's group size ``G``, else
+``B = G``), to int8 with one float32 scale ``d = max|x| / 127`` per block
+(round half to even), like llama.cpp's ``q8`` blocks:
+
+    xq [M, K] int8, xd [M, K/B] float32 (d), xs [M, K/B] float32 (d · Σ xq)
+
+Per weight group and activation block, the 64 lanes of a tile (one per output
+row) accumulate ``Σ q_w · q_x`` in int32 (nibble × int8 ≤ 1905 per product, so
+no overflow for any K), then the block adds ``d · sum`` in float32, and the
+group adds ``scale · part + min · Σ xs`` (the asymmetric min folds out of the
+inner loop: it only needs the block sums of x). The inner loop runs across the
+R = 64 rows of a tile on integer vectors: twice the multiply-adds per cycle of
+the float32 kernel on the same bytes (SmolLM2's 3072×576 int4 GEMV, AVX-512, 1
+thread: see docs/architecture.md), and the same code on AVX2.
+
+Every output row is computed in a fixed order that does not depend on the
+batch size or the other rows (each row's activations are quantized on their
+own): batch invariant bit for bit; the serial and parallel drivers run the same
+tile code, so they agree bit for bit as well. This changes the math (x is
+rounded to 8 bits, relative error ~0.4 % per value): it is used only under
+``dtype="auto"`` (see :mod:`rusteeze.quant.cpu_matmul`); ``dtype="float32"``
+keeps the float32-activation kernels.
+"""
+
+import numba
+import numpy as np
+import torch
+
+from rusteeze.errors import KernelError
+from rusteeze.kernels.numba_checks import JIT
+from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
+
+ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight's group size
+
+
+@numba.njit(**JIT)
+def act_block(group_size):
+    """The activation block B for a weight group size G: 32 when it divides G, else G itself."""
+    return ACT_BLOCK if group_size % ACT_BLOCK == 0 else group_size
+
+
+@numba.njit(**JIT)
+def quantize_rows(x, block, xq, xd, xs):  # pragma: no cover - compiled
+    """x [M, K] float32 → xq [M, K] int8, xd / xs [M, K/block] float32 (scale d, d · Σ xq), per block."""
+    for m in range(x.shape[0]):
+        for b in range(x.shape[1] // block):
+            lo = b * block
+            amax = np.float32(0)
+            for c in range(lo, lo + block):
+                amax = max(amax, abs(x[m, c]))
+            d = amax / np.float32(127)
+            inv = np.float32(1) / d if amax > 0 else np.float32(0)
+            total = np.int32(0)
+            for c in range(lo, lo + block):
+                q = np.int32(np.rint(x[m, c] * inv))
+                xq[m, c] = q
+                total += q
+            xd[m, b] = d
+            xs[m, b] = d * np.float32(total)
+
+
+@numba.njit(**JIT)
+def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - compiled
+    # One tile t: xq [M, K] i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
+    m_count = xq.shape[0]
+    r = w.shape[2]
+    groups = scales.shape[1]
+    blocks = xd.shape[1] // groups  # activation blocks per weight group
+    half = w.shape[1] // xd.shape[1]  # weight bytes per row per activation block: B / 2
+    acc = np.zeros((m_count, r), np.float32)
+    part = np.empty(r, np.float32)
+    isum = np.empty(r, np.int32)
+    for g in range(groups):
+        for m in range(m_count):
+            part[:] = np.float32(0)
+            xsum = np.float32(0)
+            for b in range(g * blocks, (g + 1) * blocks):
+                isum[:] = np.int32(0)
+                for j in range(b * half, (b + 1) * half):
+                    x0 = np.int32(xq[m, 2 * j])
+                    x1 = np.int32(xq[m, 2 * j + 1])
+                    for i in range(r):
+                        v = np.int32(w[t, j, i])
+                        isum[i] += (v & 15) * x0 + (v >> 4) * x1
+                d = xd[m, b]
+                xsum += xs[m, b]
+                for i in range(r):
+                    part[i] += np.float32(isum[i]) * d
+            for i in range(r):
+                acc[m, i] += part[i] * scales[t, g, i] + mins[t, g, i] * xsum
+    for m in range(m_count):
+        for i in range(r):
+            out[m, t * r + i] = acc[m, i]
+
+
+@numba.njit(**JIT)
+def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
+    # One tile t: xq [M, K] i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32
+    m_count = xq.shape[0]
+    r = w.shape[2]
+    groups = scales.shape[1]
+    blocks = xd.shape[1] // groups
+    size = w.shape[1] // xd.shape[1]  # B
+    acc = np.zeros((m_count, r), np.float32)
+    part = np.empty(r, np.float32)
+    isum = np.empty(r, np.int32)
+    for g in range(groups):
+        for m in range(m_count):
+            part[:] = np.float32(0)
+            for b in range(g * blocks, (g + 1) * blocks):
+                isum[:] = np.int32(0)
+                lo = b * size
+                for c in range(lo, lo + size - 1, 2):  # column pairs: LLVM fuses them into 16-bit dot products
+                    x0 = np.int32(xq[m, c])
+                    x1 = np.int32(xq[m, c + 1])
+                    for i in range(r):
+                        isum[i] += np.int32(w[t, c, i]) * x0 + np.int32(w[t, c + 1, i]) * x1
+                if size % 2:
+                    c = lo + size - 1
+                    x0 = np.int32(xq[m, c])
+                    for i in range(r):
+                        isum[i] += np.int32(w[t, c, i]) * x0
+                d = xd[m, b]
+                for i in range(r):
+                    part[i] += np.float32(isum[i]) * d
+            for i in range(r):
+                acc[m, i] += part[i] * scales[t, g, i]
+    for m in range(m_count):
+        for i in range(r):
+            out[m, t * r + i] = acc[m, i]
+
+
+# Each product exists twice: tiles in one thread, or spread over Numba's threads (same tile code: bit-identical).
+@numba.njit(**JIT)
+def int4_q8_serial(xq, xd, xs, w, scales, mins, out):  # pragma: no cover - compiled
+    """All tiles of an int4 product in the calling thread; out [M, NT * R] float32."""
+    for t in range(w.shape[0]):
+        _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t)
+
+
+@numba.njit(parallel=True, **JIT)
+def int4_q8_parallel(xq, xd, xs, w, scales, mins, out):  # pragma: no cover - compiled
+    """The tiles of an int4 product spread over Numba's threads; out [M, NT * R] float32."""
+    for t in numba.prange(w.shape[0]):
+        _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t)
+
+
+@numba.njit(**JIT)
+def int8_q8_serial(xq, xd, w, scales, out):  # pragma: no cover - compiled
+    """All tiles of an int8 product in the calling thread; out [M, NT * R] float32."""
+    for t in range(w.shape[0]):
+        _int8_q8_tile(xq, xd, w, scales, out, t)
+
+
+@numba.njit(parallel=True, **JIT)
+def int8_q8_parallel(xq, xd, w, scales, out):  # pragma: no cover - compiled
+    """The tiles of an int8 product spread over Numba's threads; out [M, NT * R] float32."""
+    for t in numba.prange(w.shape[0]):
+        _int8_q8_tile(xq, xd, w, scales, out, t)
+
+
+def _quantized(x: torch.Tensor, w: torch.Tensor, k: int, n: int, group: int) -> tuple:
+    if x.dim() != 2 or x.shape[1] != k:
+        raise KernelError(f"quantized matmul: x must be [T, {k}], got {tuple(x.shape)}")
+    if x.device.type != "cpu" or w.device.type != "cpu":
+        raise KernelError("the Numba quantized matmul runs on CPU tensors only")
+    if n > w.shape[0] * TILE:
+        raise KernelError(f"quantized matmul: {n} output rows exceed the {w.shape[0] * TILE} held by the weight")
+    xs = x.detach().float().contiguous().numpy()
+    block = ACT_BLOCK if group % ACT_BLOCK == 0 else group
+    xq = np.empty(xs.shape, np.int8)
+    xd = np.empty((xs.shape[0], k // block), np.float32)
+    xsum = np.empty_like(xd)
+    quantize_rows(xs, block, xq, xd, xsum)
+    return xq, xd, xsum
+
+
+def int4_matmul_q8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int) -> torch.Tensor:
+    """x [T, K] → [T, N] float32: ``q8(x) @ W.T``, W held by ``numba_quant_matmul.repack_int4``'s tiles.
+
+    Raises:
+        KernelError: wrong shapes or devices.
+    """
+    k = w.shape[1] * 2
+    xq, xd, xs = _quantized(x, w, k, n, k // scales.shape[1])
+    out = np.empty((xq.shape[0], w.shape[0] * TILE), np.float32)
+    kernel = int4_q8_parallel if xq.shape[0] * n * k >= PARALLEL_MIN_MACS else int4_q8_serial
+    kernel(xq, xd, xs, w.numpy(), scales.numpy(), mins.numpy(), out)
+    return torch.from_numpy(out)[:, :n]
+
+
+def int8_matmul_q8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    """x [T, K] → [T, N] float32: ``q8(x) @ W.T``, W held by ``numba_quant_matmul.repack_int8``'s tiles.
+
+    Raises:
+        KernelError: wrong shapes or devices.
+    """
+    k = w.shape[1]
+    xq, xd, _ = _quantized(x, w, k, n, k // scales.shape[1])
+    out = np.empty((xq.shape[0], w.shape[0] * TILE), np.float32)
+    kernel = int8_q8_parallel if xq.shape[0] * n * k >= PARALLEL_MIN_MACS else int8_q8_serial
+    kernel(xq, xd, w.numpy(), scales.numpy(), out)
+    return torch.from_numpy(out)[:, :n]
