@@ -261,6 +261,61 @@ def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
     assert html == expected
 
 
+def test_the_stream_reader_reassembles_events_split_anywhere(browser, tiny_url):
+    """Events cut mid-line, mid-character and with CRLF endings read as if whole (a fake fetch)."""
+    open_page(browser, tiny_url)
+    result = browser.execute_async_script(
+        r"""
+        const done = arguments[0];
+        const events = [
+          {choices: [{index: 0, delta: {role: "assistant", content: "Z\u00fcrich "}}], usage: null},
+          {choices: [{index: 0, delta: {content: "\u2014 \u{1F680}"}, finish_reason: "stop"}], usage: null},
+          {choices: [], usage: {prompt_tokens: 5, completion_tokens: 2, total_tokens: 7}},
+        ];
+        const text = events.map((e) => "data: " + JSON.stringify(e) + "\r\n\r\n").join("") + "data: [DONE]\n\n";
+        const bytes = new TextEncoder().encode(text);
+        const pieces = [];
+        for (let i = 0; i < bytes.length; i += 7) pieces.push(bytes.slice(i, i + 7));  // cuts characters
+        window.fetch = async () => new Response(new ReadableStream({
+          start(controller) { pieces.forEach((p) => controller.enqueue(p)); controller.close(); },
+        }), {status: 200, headers: {"content-type": "text/event-stream"}});
+        import("/web/chat_api.js").then(async (api) => {
+          const deltas = [];
+          const r = await api.streamChat({messages: []}, new AbortController().signal, (d) => deltas.push(d));
+          done({deltas, usage: r.usage, finish: r.finishReason});
+        }).catch((e) => done({error: String(e)}));
+        """
+    )
+    assert result == {
+        "deltas": ["Zürich ", "— 🚀"],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        "finish": "stop",
+    }
+
+
+def test_an_error_event_inside_the_stream_is_raised(browser, tiny_url):
+    open_page(browser, tiny_url)
+    result = browser.execute_async_script(
+        r"""
+        const done = arguments[0];
+        const error = {error: {message: "the server is shutting down", type: "x", param: null, code: "shutting_down"}};
+        const body = "data: " + JSON.stringify({choices: [{index: 0, delta: {content: "Hi"}}]}) + "\n\n"
+          + "data: " + JSON.stringify(error) + "\n\ndata: [DONE]\n\n";
+        window.fetch = async () => new Response(body, {status: 200});
+        Promise.all([import("/web/chat_api.js"), import("/web/controls.js")]).then(async ([api, controls]) => {
+          const deltas = [];
+          try {
+            await api.streamChat({messages: []}, new AbortController().signal, (d) => deltas.push(d));
+            done({deltas});
+          } catch (e) {
+            done({deltas, shown: controls.describe(e)});
+          }
+        });
+        """
+    )
+    assert result == {"deltas": ["Hi"], "shown": "Server error (shutting_down): the server is shutting down"}
+
+
 @pytest.mark.parametrize("tiny_url", [{"api_key": "sekrit"}], indirect=True)
 def test_the_page_asks_for_the_api_key_and_asks_again_after_a_401(browser, tiny_url):
     set_viewport(browser, *DESKTOP)
