@@ -25,6 +25,9 @@ SHARED = (
     "--no-gguf-direct",
     "--enforce-eager",
     "--gpu-memory-utilization",
+    "--speculative",
+    "--draft-model",
+    "--num-speculative-tokens",
     "--debug",
 )
 
