@@ -66,10 +66,11 @@ class Tally:
     def describe(self, kind: str) -> str:
         """E.g. "kept bit-exact", or "196 kept bit-exact, 14 requantized from dequantized Q6_K"."""
         parts = []
-        for (k, how), types in self.counts.items():
-            if k != kind:
+        for how in (KEPT, REPACKED, REQUANTIZED, QUANTIZED):
+            types = self.counts.get((kind, how))
+            if not types:
                 continue
-            names = "/".join(types)
+            names = "/".join(sorted(types, key=natural_key))
             words = {
                 KEPT: "kept bit-exact",
                 REPACKED: f"{names} repacked per row",
@@ -79,6 +80,7 @@ class Tally:
             parts.append((sum(types.values()), words))
         if len(parts) == 1:
             return parts[0][1]
+        parts.sort(key=lambda part: -part[0])  # most tensors first; ties in the order above (sort is stable)
         return ", ".join(f"{n} {words}" for n, words in parts)
 
 
