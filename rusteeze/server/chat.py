@@ -70,7 +70,7 @@ class _Formatter:
                 raise shutdown_abort()
             message, reason = {"role": "assistant", "content": c.text}, c.finish_reason
             if self.parse_tools:
-                message, made_calls = tool_message(c.text, self.req.tools.forced)
+                message, made_calls = tool_message(c.text, self.req.tools.forced, self.req.tools.parallel)
                 reason = tool_finish_reason(reason, made_calls)
             choices.append(
                 {
@@ -114,7 +114,9 @@ class _Formatter:
         delta: dict[str, Any] = {"content": c.delta_text}
         reason = c.finish_reason
         if self.parse_tools:
-            tools = self.tool_streams.setdefault(c.index, ToolDeltaStream(self.req.tools.forced))
+            if c.index not in self.tool_streams:
+                self.tool_streams[c.index] = ToolDeltaStream(self.req.tools.forced, self.req.tools.parallel)
+            tools = self.tool_streams[c.index]
             delta = tools.delta(c.delta_text, final=reason is not None)
             reason = tool_finish_reason(reason, tools.made_calls)
         empty = not delta.get("content") and "tool_calls" not in delta

@@ -2,7 +2,8 @@
 
 ``finish_reason`` becomes ``"tool_calls"`` when a completion that stopped by
 itself (``"stop"``) made calls; a completion cut by ``max_tokens`` keeps
-``"length"`` (its last call may be incomplete).
+``"length"`` (its last call may be incomplete). With ``parallel_tool_calls``
+false only the first call is answered (as vLLM does when the model writes more).
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ def tool_finish_reason(reason: str | None, made_calls: bool) -> str | None:
     return "tool_calls" if made_calls and reason == "stop" else reason
 
 
-def tool_message(text: str, forced: bool) -> tuple[dict[str, Any], bool]:
+def tool_message(text: str, forced: bool, parallel: bool = True) -> tuple[dict[str, Any], bool]:
     """The assistant message of a whole completion: ``(message, made calls)``.
 
     Args:
         text: the completion's text.
         forced: the request forced a call (bare JSON calls are read too).
+        parallel: answer every call (else only the first).
     """
     content, calls = parse_tool_calls(text, forced)
+    calls = calls if parallel else calls[:1]
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = [
@@ -36,8 +39,9 @@ def tool_message(text: str, forced: bool) -> tuple[dict[str, Any], bool]:
 class ToolDeltaStream:
     """Turns one choice's text deltas into chat ``delta`` fields (content and tool call pieces)."""
 
-    def __init__(self, forced: bool) -> None:
+    def __init__(self, forced: bool, parallel: bool = True) -> None:
         self.parser = ToolCallParser(forced)
+        self.parallel = parallel
 
     @property
     def made_calls(self) -> bool:
@@ -52,6 +56,8 @@ class ToolDeltaStream:
             parsed.content += end.content
             for piece in end.calls:
                 parsed.add_call(piece)
+        if not self.parallel:
+            parsed.calls = [piece for piece in parsed.calls if piece.index == 0]
         return _delta_fields(parsed)
 
 

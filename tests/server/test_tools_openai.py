@@ -139,6 +139,18 @@ def test_auto_parses_a_call_the_model_writes(tiny):
     assert [c[1:] for c in calls] == [("time", choice.message.tool_calls[0].function.arguments)]
 
 
+def test_parallel_tool_calls_false_answers_the_first_call_only(tiny):
+    call = r'<tool_call>\n\{"name": "time", "arguments": \{"zone": "(UTC|CET)"\}\}\n</tool_call>'
+    kw = dict(
+        model=MODEL, messages=WEATHER, tools=[TINY_TIME], max_tokens=200, temperature=0, parallel_tool_calls=False,
+        extra_body={**HERMES, "structured_outputs": {"regex": call + "\n" + call}},
+    )  # fmt: skip
+    r = tiny.chat.completions.create(**kw)
+    assert len(r.choices[0].message.tool_calls) == 1 and r.choices[0].finish_reason == "tool_calls"
+    _, calls, _ = collect_stream(tiny.chat.completions.create(**kw, stream=True))
+    assert [c[1:] for c in calls] == [("time", r.choices[0].message.tool_calls[0].function.arguments)]
+
+
 @pytest.mark.parametrize("template", [HERMES, {}], ids=["tools-template", "fallback"])
 def test_a_tool_result_conversation_is_accepted(tiny, template):
     r = tiny.chat.completions.create(
