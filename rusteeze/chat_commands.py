@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rusteeze.chat_settings import SETTABLE, UNSET_WORDS
-from rusteeze.engine.describe import compute_path, weight_format
+from rusteeze.engine.describe import compute_path, speculation, weight_format
 from rusteeze.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ def _show(session: ChatSession, arg: str) -> CommandResult:
         f"Arch        {engine.model_config.architecture}, context {engine.max_model_len} tokens",
         f"Weights     {weight_format(loaded.model)}",
         f"Compute     {compute_path(engine)}",
+        f"Speculation {speculation(engine)}",
         "Parameters",
     ]
     for key in ("temperature", "top_p", "top_k"):

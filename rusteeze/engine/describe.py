@@ -60,3 +60,16 @@ def quantized_as(model: nn.Module) -> str | None:
         m.method for m in model.modules() if isinstance(m, QuantLinear) and not isinstance(m, QuantEmbedding)
     )
     return methods.most_common(1)[0][0] if methods else None
+
+
+def speculation(engine: Any) -> str:
+    """Speculative decoding in words: "off", or e.g. "ngram (n 2..4), up to 4 tokens; 61% of 212 drafts accepted"."""
+    spec = engine.config.speculative
+    if spec is None or engine.speculator is None:
+        return "off"
+    n_range = f"n {spec.prompt_lookup_min}..{spec.prompt_lookup_max}"
+    text = f"{spec.method} ({n_range}), up to {spec.num_speculative_tokens} tokens"
+    drafted = engine.speculator.num_draft_tokens
+    if drafted:
+        text += f"; {engine.speculator.num_accepted_tokens / drafted:.0%} of {drafted} drafts accepted"
+    return text

@@ -25,7 +25,10 @@ StatsFn = Callable[[], dict[str, float]]
 
 
 class _EngineCollector(Collector):
-    """Reads the engine's queue lengths, KV usage and preemptions at scrape time."""
+    """Reads the engine's queue lengths, KV usage, preemptions and speculative-decoding counters at scrape time.
+
+    Acceptance rate = accepted / draft tokens; mean accepted length = 1 + accepted / verify steps.
+    """
 
     def __init__(self) -> None:
         self.stats: StatsFn | None = None
@@ -46,6 +49,13 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "rusteeze:num_preemptions", "Sequences preempted for lack of KV blocks.", value=s.get("num_preemptions", 0)
         )
+        if "spec_decode_num_draft_tokens" in s:  # speculative decoding is on
+            for key, what in (
+                ("num_draft_tokens", "Draft tokens proposed and verified."),
+                ("num_accepted_tokens", "Draft tokens accepted."),
+                ("num_verify_steps", "Sequence-steps that verified drafts."),
+            ):
+                yield CounterMetricFamily(f"rusteeze:spec_decode_{key}", what, value=s[f"spec_decode_{key}"])
 
 
 class ServerMetrics:
