@@ -100,6 +100,7 @@ class BenchResult:
     prefill_seconds: float = 0.0
     peak_memory_bytes: int | None = None
     memory_kind: str = ""
+    speculation: dict[str, float] | None = None  # the engine's spec_decode_* counters over the run (offline)
 
     def figures(self) -> dict[str, Any]:
         """Every figure as a flat dict (vllm bench names; times in ms, rates per second)."""
@@ -122,6 +123,13 @@ class BenchResult:
             "prefill_throughput": self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else None,
             "peak_memory_bytes": self.peak_memory_bytes,
         }
+        if self.speculation is not None:
+            drafted = self.speculation["spec_decode_num_draft_tokens"]
+            accepted = self.speculation["spec_decode_num_accepted_tokens"]
+            steps = self.speculation["spec_decode_num_verify_steps"]
+            figures["spec_decode_num_draft_tokens"] = drafted
+            figures["spec_decode_acceptance_rate"] = accepted / drafted if drafted else None
+            figures["spec_decode_mean_accepted_length"] = 1 + accepted / steps if steps else None
         samples = {
             "ttft": [r.ttft for r in ok],
             "tpot": [t for r in ok if (t := r.tpot) is not None],

@@ -77,6 +77,7 @@ def run_offline(
     _, prefill_seconds = _run(
         engine, prefill_prompts, SamplingParams(max_tokens=1, **sampling), lambda d: report("prefill", d, num_prompts)
     )
+    spec_before = _spec_counters(engine)
     records, duration = _run(
         engine,
         random_prompts(engine, num_prompts, input_len, seed),
@@ -94,7 +95,22 @@ def run_offline(
         prefill_seconds=prefill_seconds,
         peak_memory_bytes=peak,
         memory_kind=kind,
+        speculation=_spec_delta(spec_before, _spec_counters(engine)),
     )
+
+
+def _spec_counters(engine: Any) -> dict[str, float] | None:
+    """The engine's speculative-decoding counters (None when speculation is off)."""
+    stats = engine.stats()
+    keys = ("spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens", "spec_decode_num_verify_steps")
+    return {k: stats[k] for k in keys} if keys[0] in stats else None
+
+
+def _spec_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    """The counters of the timed run alone."""
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before[k] for k in after}
 
 
 def check_sizes(num_prompts: int, input_len: int, output_len: int) -> None:

@@ -35,6 +35,13 @@ def render(result: BenchResult) -> Group:
         ("Prefill throughput", _rate(f["prefill_throughput"], "tok/s")),
         (f"Peak memory ({result.memory_kind or 'server side'})", _memory(f["peak_memory_bytes"])),
     ]
+    if "spec_decode_num_draft_tokens" in f:
+        rate, length = f["spec_decode_acceptance_rate"], f["spec_decode_mean_accepted_length"]
+        rows += [
+            ("Draft tokens (speculative)", f"{f['spec_decode_num_draft_tokens']:,.0f}"),
+            ("Draft acceptance rate", "n/a" if rate is None else f"{rate:.1%}"),
+            ("Mean accepted length", "n/a" if length is None else f"{length:.2f} tok/step"),
+        ]
     for name, value in rows:
         throughput.add_row(name, value)
     latency = Table(show_header=True)

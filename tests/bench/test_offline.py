@@ -52,3 +52,31 @@ def test_sizes_are_checked(engine):
         run_offline(engine, "tiny", 0, 8, 8)
     with pytest.raises(ConfigError, match="--input-len 500 \\+ --output-len 100 exceeds the context of 512 tokens"):
         run_offline(engine, "tiny", 1, 500, 100)
+
+
+def test_speculation_figures_cover_the_timed_run(tiny_llama_dir):
+    from rich.console import Console
+
+    from rusteeze.bench.report import render
+
+    config = EngineConfig(
+        model=str(tiny_llama_dir), kv_cache_memory="8MiB", device="cpu", max_num_seqs=4, speculative={"method": "ngram"}
+    )
+    spec_engine = Engine(config)
+    # Draft the last token twice: the tiny random model takes some of them, rejects the rest.
+    spec_engine.speculator.propose = lambda running: {s.seq_id: [s.token_ids[-1]] * 2 for s in running}
+    result = run_offline(spec_engine, "tiny", num_prompts=3, input_len=8, output_len=6, seed=1)
+    assert [r.output_tokens for r in result.records] == [6] * 3
+    figures = result.figures()
+    assert figures["spec_decode_num_draft_tokens"] > 0
+    assert 0 <= figures["spec_decode_acceptance_rate"] <= 1
+    assert 1 <= figures["spec_decode_mean_accepted_length"] <= 3
+    console = Console(record=True, width=100)
+    console.print(render(result))
+    assert "Draft acceptance rate" in console.export_text()
+    assert (
+        "spec_decode_num_draft_tokens"
+        not in run_offline(
+            Engine(config.replace(speculative=None)), "tiny", num_prompts=1, input_len=8, output_len=2
+        ).figures()
+    )
