@@ -57,6 +57,7 @@ function persist() {
 function openConversation(id) {
   state.current = state.conversations.find((c) => c.id === id) || store.newConversation();
   if (!state.conversations.includes(state.current)) state.conversations.unshift(state.current);
+  state.conversations = state.conversations.filter((c) => c.messages.length || c === state.current); // no empty leftovers
   persist();
   renderMessages();
   ui.prompt.focus();
