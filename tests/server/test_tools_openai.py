@@ -98,6 +98,12 @@ def test_required_gives_schema_valid_calls_whole_and_streamed(tiny, template):
     content, calls, reason = collect_stream(tiny.chat.completions.create(**kw, stream=True))
     expected = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
     assert (content, [c[1:] for c in calls], reason) == ("", expected, "tool_calls")
+    # The name comes first (the schema lists it first), then the arguments in pieces as they are written.
+    pieces = [
+        p for chunk in tiny.chat.completions.create(**kw, stream=True) for p in chunk.choices[0].delta.tool_calls or []
+    ]
+    assert pieces[0].function.name == expected[0][0] and pieces[0].function.arguments == ""
+    assert len(pieces) > 3 and all(p.id is None and p.function.name is None for p in pieces[1:])
 
 
 def test_a_named_function_is_the_one_called(tiny):
