@@ -261,6 +261,33 @@ def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
     assert html == expected
 
 
+def test_a_code_blocks_copy_button_copies_the_code(browser, tiny_url):
+    open_page(browser, tiny_url)
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": tiny_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    code = "for i in range(3):\n    print('<i>', i)"
+    saved = {
+        "id": "c1",
+        "title": "code",
+        "updated": 1,
+        "messages": [
+            {"role": "user", "content": "loop?"},
+            {"role": "assistant", "content": f"Here:\n\n```python\n{code}\n```\n", "state": "done"},
+        ],
+    }
+    browser.execute_script(
+        "localStorage.setItem('rusteeze.conversations', arguments[0]); localStorage.setItem('rusteeze.current', 'c1');",
+        json.dumps([saved]),
+    )
+    browser.refresh()
+    button = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".code-block .copy-button"))
+    button.click()
+    WebDriverWait(browser, 10).until(lambda d: button.text == "Copied")
+    assert browser.execute_async_script("navigator.clipboard.readText().then(arguments[0])") == code
+
+
 def test_the_stream_reader_reassembles_events_split_anywhere(browser, tiny_url):
     """Events cut mid-line, mid-character and with CRLF endings read as if whole (a fake fetch)."""
     open_page(browser, tiny_url)
