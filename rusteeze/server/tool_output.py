@@ -56,6 +56,7 @@ class ToolDeltaStream:
             parsed.content += end.content
             for piece in end.calls:
                 parsed.add_call(piece)
+            parsed.seal()
         if not self.parallel:
             parsed.calls = [piece for piece in parsed.calls if piece.index == 0]
         return _delta_fields(parsed)

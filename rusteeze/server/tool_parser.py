@@ -61,22 +61,40 @@ class ParsedDelta:
 
     content: str = ""
     calls: list[ToolCallDelta] = field(default_factory=list)
+    _tail: list[str] = field(default_factory=list, repr=False)  # more arguments of the last piece
 
     def add_call(self, piece: ToolCallDelta) -> None:
+        """Append a piece; one that continues the last piece's call is merged into it."""
         last = self.calls[-1] if self.calls else None
         if last is not None and last.index == piece.index and piece.id is None:
-            last.arguments += piece.arguments
+            self._tail.append(piece.arguments)
         else:
+            self.seal()
             self.calls.append(piece)
 
+    def seal(self) -> ParsedDelta:
+        """Join the merged arguments into the last piece (pieces are joined once, not per character)."""
+        if self._tail:
+            self.calls[-1].arguments += "".join(self._tail)
+            self._tail.clear()
+        return self
 
-@dataclass
+
 class ToolCall:
-    """One parsed call: ``arguments`` is its JSON text."""
+    """One parsed call: ``arguments`` is its JSON text (so far, while it streams)."""
 
-    id: str
-    name: str
-    arguments: str = ""
+    def __init__(self, id: str, name: str) -> None:
+        self.id, self.name = id, name
+        self._parts: list[str] = []
+
+    @property
+    def arguments(self) -> str:
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
 
 
 class _CallReader:
@@ -84,11 +102,12 @@ class _CallReader:
 
     def __init__(self, base: tuple) -> None:
         self.base = base
-        self.name_text = ""  # the name's JSON text
+        self.name_text: list[str] = []  # the name's JSON text
         self.call: ToolCall | None = None  # set when announced
         self.index = -1
         self.args_key: str | None = None  # "arguments" or "parameters", whichever came first
-        self.args_text = ""  # the arguments' JSON text so far
+        self.args_text: list[str] = []  # the arguments' JSON text so far
+        self.args_is_string = False  # the arguments are a JSON string (decoded when complete)
         self.args_closed = False
 
     def on_char(self, ch: str, path: tuple, closed: list[tuple], out: ParsedDelta, index: int) -> ToolCall | None:
@@ -100,19 +119,20 @@ class _CallReader:
         announced = None
         rel = path[len(self.base) :] if path[: len(self.base)] == self.base else ()
         if rel and rel[0] == "name" and self.call is None:
-            self.name_text += ch
+            self.name_text.append(ch)
         elif rel and rel[0] in _ARGUMENT_KEYS and self.args_key in (None, rel[0]) and not self.args_closed:
-            self.args_key = rel[0]
-            self.args_text += ch
-            if self.call is not None and not self._args_is_string():
+            if self.args_key is None:
+                self.args_key, self.args_is_string = rel[0], ch == '"'
+            self.args_text.append(ch)
+            if self.call is not None and not self.args_is_string:
                 self._add_arguments(ch, out)
         for done in closed:
             if done == (*self.base, "name") and self.call is None:
                 announced = self._announce(out, index)
             elif self.args_key is not None and done == (*self.base, self.args_key) and not self.args_closed:
                 self.args_closed = True
-                if self.call is not None and self._args_is_string():
-                    self._add_arguments(json.loads(self.args_text), out)
+                if self.call is not None and self.args_is_string:
+                    self._add_arguments(json.loads("".join(self.args_text)), out)
             elif done == self.base:
                 if self.call is None:
                     raise JsonPrefixError('a call needs a "name"')
@@ -120,25 +140,23 @@ class _CallReader:
                     self._add_arguments("{}", out)
         return announced
 
-    def _args_is_string(self) -> bool:
-        return self.args_text.startswith('"')
-
     def _add_arguments(self, text: str, out: ParsedDelta) -> None:
         assert self.call is not None
-        self.call.arguments += text
+        self.call.add(text)
         out.add_call(ToolCallDelta(self.index, arguments=text))
 
     def _announce(self, out: ParsedDelta, index: int) -> ToolCall:
-        name = json.loads(self.name_text)
+        name_text = "".join(self.name_text)
+        name = json.loads(name_text)
         if not isinstance(name, str) or not name:
-            raise JsonPrefixError(f'a call\'s "name" must be a non-empty string, got {self.name_text}')
+            raise JsonPrefixError(f'a call\'s "name" must be a non-empty string, got {name_text}')
         self.call, self.index = ToolCall(new_call_id(), name), index
         out.add_call(ToolCallDelta(index, self.call.id, name))
-        if self._args_is_string():
+        if self.args_is_string:
             if self.args_closed:
-                self._add_arguments(json.loads(self.args_text), out)
+                self._add_arguments(json.loads("".join(self.args_text)), out)
         elif self.args_text:
-            self._add_arguments(self.args_text, out)
+            self._add_arguments("".join(self.args_text), out)
         return self.call
 
 
@@ -151,17 +169,16 @@ class ToolCallParser:
 
     Attributes:
         calls: the calls announced so far, in order; their ``arguments`` grow as they stream.
-        content: the content emitted so far.
     """
 
     def __init__(self, forced: bool = False) -> None:
         self.calls: list[ToolCall] = []
-        self.content = ""
+        self._content_parts: list[str] = []
         self._mode = "start" if forced else "text"  # start | text | call | json | close | skip | done
         self._held = ""  # raw text not decided yet: leading whitespace, or a possible tag prefix
         self._ws = ""  # trailing content whitespace, held until we know whether a call follows it
         self._has_content = False  # some non-whitespace content was emitted
-        self._raw = ""  # the current block's raw text, replayed as content when it proves not to be a call
+        self._raw: list[str] = []  # the current block's raw text, replayed as content when it is not a call
         self._scanner = JsonPrefixScanner()
         self._array: bool | None = None  # the current block is an array of calls
         self._readers: dict[int | None, _CallReader] = {}  # the current block's calls, by array index
@@ -170,8 +187,8 @@ class ToolCallParser:
         """Add a text delta; return the content and call pieces it completes."""
         out = ParsedDelta()
         self._feed(text, out)
-        self.content += out.content
-        return out
+        self._content_parts.append(out.content)
+        return out.seal()
 
     def finish(self) -> ParsedDelta:
         """End of the output: decide what was held back; return the last pieces."""
@@ -183,8 +200,15 @@ class ToolCallParser:
         if not self.calls:
             out.content += self._ws
         self._mode, self._held, self._ws = "done", "", ""
-        self.content += out.content
-        return out
+        self._content_parts.append(out.content)
+        return out.seal()
+
+    @property
+    def content(self) -> str:
+        """The content emitted so far."""
+        if len(self._content_parts) > 1:
+            self._content_parts[:] = ["".join(self._content_parts)]
+        return self._content_parts[0] if self._content_parts else ""
 
     # ------------------------------------------------------------ internals
     def _feed(self, text: str, out: ParsedDelta) -> None:
@@ -207,7 +231,7 @@ class ToolCallParser:
         return any(r.call is not None for r in self._readers.values())
 
     def _begin_block(self, mode: str, raw: str) -> None:
-        self._mode, self._raw, self._held = mode, raw, ""
+        self._mode, self._raw, self._held = mode, [raw], ""
         self._scanner, self._array, self._readers = JsonPrefixScanner(), None, {}
 
     def _end_block(self) -> None:
@@ -242,7 +266,7 @@ class ToolCallParser:
             if scanner.done and ch not in _WS and self._mode == "call":
                 self._mode = "close"
                 return text[pos:]
-            self._raw += ch
+            self._raw.append(ch)
             try:
                 path = scanner.feed(ch)
                 self._route(ch, path, scanner.closed, out)
@@ -281,7 +305,7 @@ class ToolCallParser:
 
     def _not_a_call(self, out: ParsedDelta) -> str:
         """Leave a block that holds no call: its text (to replay as text) after the tag, as content."""
-        literal, raw = (OPEN_TAG if self._mode == "call" else ""), self._raw
+        literal, raw = (OPEN_TAG if self._mode == "call" else ""), "".join(self._raw)
         self._mode, self._held, self._readers = "text", "", {}
         self._content(literal, out)
         return raw
