@@ -167,7 +167,11 @@ def kernel_tests(dry_run: bool, deadline: float) -> dict:
     """(a) pytest over the kernel tests with real Triton kernels on CUDA (the interpreter in a dry run)."""
     from gpu_check_pytest import run_pytest
 
-    files = ["tests/kernels/test_silu_and_mul.py", "-k", "matches_reference and 2200"] if dry_run else ["tests/kernels"]
+    files = (
+        ["tests/kernels/test_silu_and_mul.py", "-k", "matches_reference and 2200"]
+        if dry_run
+        else ["tests/kernels", "tests/engine/test_cuda_graphs.py"]
+    )
     return run_pytest(ROOT, files, dry_run, max(10.0, deadline - time.perf_counter()))
 
 

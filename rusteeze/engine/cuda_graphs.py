@@ -29,6 +29,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -204,6 +205,8 @@ def eager_reason(config: EngineConfig, device: torch.device, kernel_backend: str
         return f"CUDA graphs need a CUDA device; the model runs on {device.type}"
     if kernel_backend != "triton":
         return f"the {kernel_backend} kernels read step metadata on the host, which a CUDA graph cannot capture"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "the Triton interpreter (TRITON_INTERPRET=1) runs the kernels on the host"
     return None
 
 

@@ -1,5 +1,6 @@
 """CUDA graphs for decode: buckets, padding, fallbacks, and the padded path run eagerly on the CPU."""
 
+import os
 import random
 
 import pytest
@@ -42,12 +43,15 @@ def test_only_pure_decode_steps_within_the_largest_bucket_replay(tokens, seqs, b
     assert bucket_for(tokens, seqs, (1, 2, 4, 8, 16, 32, 48)) == bucket
 
 
-def test_eager_under_the_flag_on_the_cpu_and_off_the_triton_kernels():
+def test_eager_under_the_flag_on_the_cpu_and_off_the_triton_kernels(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cuda = torch.device("cuda")
     assert eager_reason(EngineConfig(), cuda, "triton") is None
     assert "enforce_eager" in eager_reason(EngineConfig(enforce_eager=True), cuda, "triton")
     assert "CUDA device" in eager_reason(EngineConfig(), torch.device("cpu"), "numba")
     assert "host" in eager_reason(EngineConfig(), cuda, "torch")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "interpreter" in eager_reason(EngineConfig(), cuda, "triton")
 
 
 def decode_step(lens: list[int], tables: list[list[int]], block_size: int) -> tuple:
@@ -167,3 +171,34 @@ def test_engine_through_the_padded_path_gives_the_eager_tokens(make_engine):
         results.append([done[i] for i in ids])
     assert results[0] == results[1]
     assert replayed.count(5) == params.max_tokens - 1  # every decode step ran padded to bucket 8
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="captures CUDA graphs: needs a CUDA device and compiled Triton kernels (benches/gpu_check.py runs it)",
+)
+def test_captured_graphs_give_the_eager_tokens_on_cuda(tiny_llama_dir):
+    from rusteeze.engine.engine import Engine
+
+    rng = random.Random(5)
+    prompts = [[rng.randrange(3, 300) for _ in range(rng.randint(3, 17))] for _ in range(5)]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    results = []
+    for eager in (True, False):
+        config = EngineConfig(
+            model=str(tiny_llama_dir), device="cuda", dtype="float32", kernel_backend="triton", block_size=4,
+            kv_cache_memory="8MiB", max_model_len=128, max_num_seqs=8, enforce_eager=eager,
+        )  # fmt: skip
+        engine = Engine(config)
+        assert (engine.runner.decode_graphs is None) == eager
+        if not eager:
+            assert engine.runner.decode_graphs.buckets == (1, 2, 4, 8)
+        ids = [engine.add_request(p, params) for p in prompts]
+        done = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.outputs[0].token_ids
+        assert_all_free(engine.block_manager)
+        results.append([done[i] for i in ids])
+    assert results[0] == results[1]
