@@ -103,7 +103,11 @@ class ToolRequest:
             except InvalidRequestError as e:
                 where = f"tools[{i}].function.parameters"
                 raise bad_request(f"{where} is not a usable JSON schema: {e}", param=where) from None
-        return dataclasses.replace(params, structured_outputs=StructuredOutputsParams(json=self.call_schema()))
+        try:
+            constraint = StructuredOutputsParams(json=self.call_schema())
+        except InvalidRequestError as e:  # each schema compiles alone, but not together (a ref that breaks)
+            raise bad_request(f"tools: the call schema cannot be compiled: {e}", param="tools") from None
+        return dataclasses.replace(params, structured_outputs=constraint)
 
     def keep_call_tags(self, params: SamplingParams, tokenizer: Tokenizer) -> SamplingParams:
         """``params`` that keep special tokens in the text when the call tags are special tokens.
@@ -120,15 +124,17 @@ class ToolRequest:
 
 
 def _call_object(function: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """One call's schema; the parameters' ``$defs``/``definitions`` move to the root under the tool's name."""
+    """One call's schema.
+
+    Parameters with local ``$ref``s (``#/$defs/X``, ``#/properties/a``, ``#``) move whole to the
+    root's ``$defs`` under the tool's name, their refs rebased there, so every ref still points
+    where it did.
+    """
     name = function["name"]
     parameters = function["parameters"]
-    local = {**parameters.get("definitions", {}), **parameters.get("$defs", {})}
-    if local:
-        parameters = {k: v for k, v in parameters.items() if k not in ("$defs", "definitions")}
-        renamed = {f"{name}.{key}": value for key, value in local.items()}
-        defs.update(_rebase_refs(renamed, name))
-        parameters = _rebase_refs(parameters, name)
+    if _has_local_refs(parameters):
+        defs[name] = _rebase_refs(parameters, f"#/$defs/{name}")
+        parameters = {"$ref": f"#/$defs/{name}"}
     return {
         "type": "object",
         "properties": {"name": {"const": name}, "arguments": parameters},
@@ -137,18 +143,23 @@ def _call_object(function: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
     }
 
 
-def _rebase_refs(value: Any, name: str) -> Any:
-    """``#/$defs/X`` and ``#/definitions/X`` → ``#/$defs/{name}.X`` everywhere in ``value``."""
+def _has_local_refs(value: Any) -> bool:
     if isinstance(value, dict):
-        out = {k: _rebase_refs(v, name) for k, v in value.items()}
+        ref = value.get("$ref")
+        return (isinstance(ref, str) and ref.startswith("#")) or any(_has_local_refs(v) for v in value.values())
+    return isinstance(value, list) and any(_has_local_refs(v) for v in value)
+
+
+def _rebase_refs(value: Any, root: str) -> Any:
+    """Every local ``$ref`` in ``value`` (``#...``) made relative to ``root`` (a JSON pointer ref)."""
+    if isinstance(value, dict):
+        out = {k: _rebase_refs(v, root) for k, v in value.items()}
         ref = out.get("$ref")
-        if isinstance(ref, str):
-            for prefix in ("#/$defs/", "#/definitions/"):
-                if ref.startswith(prefix):
-                    out["$ref"] = f"#/$defs/{name}.{ref[len(prefix) :]}"
+        if isinstance(ref, str) and ref.startswith("#"):
+            out["$ref"] = root + ref[1:]
         return out
     if isinstance(value, list):
-        return [_rebase_refs(v, name) for v in value]
+        return [_rebase_refs(v, root) for v in value]
     return value
 
 

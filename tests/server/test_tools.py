@@ -154,6 +154,30 @@ def test_named_schema_is_one_call_object_and_defs_keep_working():
     StructuredOutputsParams(json=schema)  # llguidance compiles it
 
 
+def test_refs_to_any_part_of_the_parameters_and_to_their_root_keep_working():
+    tree = {
+        "type": "object",
+        "properties": {
+            "label": {"$ref": "#/properties/name"},
+            "name": {"type": "string", "maxLength": 3},
+            "child": {"anyOf": [{"$ref": "#"}, {"type": "null"}]},
+        },
+        "required": ["label"],
+    }
+    req = parse_tool_request({"tools": [tool(name="tree", parameters=tree)], "tool_choice": "required"})
+    schema = req.call_schema()
+    jsonschema.validate([{"name": "tree", "arguments": {"label": "a", "child": {"label": "b", "child": None}}}], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "tree", "arguments": {"label": "a", "child": {"label": "long"}}}], schema)
+    StructuredOutputsParams(json=schema)
+    junk = {"type": "object", "$defs": 5}  # not a schema error llguidance cares about: accepted, never a 500
+    assert parse_chat({"messages": USER, "tools": [tool(parameters=junk)], "tool_choice": "required"}).tools
+    missing = {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}
+    assert param_of_error({"tools": [tool(parameters=missing)], "tool_choice": "required"}) == (
+        "tools[0].function.parameters"
+    )
+
+
 def _tokenizer_with_tags(special: bool) -> Tokenizer:
     from tokenizers import AddedToken, models, pre_tokenizers
     from tokenizers import Tokenizer as Backend
