@@ -4,6 +4,8 @@ import copy
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tool_templates import HISTORY, TIME_TOOL, WEATHER_TOOL
 
 from rusteeze.sampling import SamplingParams
@@ -196,3 +198,39 @@ def test_special_call_tags_are_kept_in_the_text_only_when_calls_are_parsed():
     assert special.decode(special.encode("<tool_call>hi")) == "hi"  # what the parser would get
     assert auto.keep_call_tags(params, special).skip_special_tokens is False
     assert auto.keep_call_tags(params, plain) is params and none.keep_call_tags(params, special) is params
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["", "f", "#", "#/x", "function", "object"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["type", "function", "name", "parameters", "$ref", "properties", "$defs"]),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(JSON, JSON, st.sampled_from([None, "auto", "required", "none", {"type": "function", "function": {"name": "f"}}]))
+def test_any_tools_json_is_parsed_or_a_400(parameters, junk, choice):
+    bodies = [
+        {"tools": [tool(parameters=parameters)], "tool_choice": choice},
+        {"tools": junk, "tool_choice": choice},
+        {"tools": [junk]},
+        {"tools": [tool()], "tool_choice": junk},
+        {"messages": [*USER, {"role": "assistant", "tool_calls": junk}]},
+        {"messages": [*USER, {"role": "assistant", "tool_calls": [{"function": junk}]}]},
+        {"messages": [*USER, {"role": "tool", "tool_call_id": junk, "content": "r"}]},
+    ]
+    for body in bodies:
+        try:
+            req = parse_chat({"messages": USER, **body})
+        except APIError as e:
+            assert e.status == 400 and e.param
+            continue
+        if req.tools is not None and req.tools.forced:
+            assert req.params.structured_outputs is not None
