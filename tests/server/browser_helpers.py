@@ -77,3 +77,17 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def open_page(driver, url: str, clear: bool = True) -> None:
+    """Load the page at desktop size; with ``clear``, forget every saved conversation, setting and key."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    set_viewport(driver, *DESKTOP)
+    driver.get(url)
+    if clear:
+        driver.execute_script("localStorage.clear()")
+        driver.get(url)
+    console_errors(driver)  # start each test with an empty console
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))

@@ -3,6 +3,7 @@
 The real SmolLM2-135M-Instruct answers the questions and is stopped mid-reply; the tiny
 random Llama stands behind the API-key, error and escaping tests, where the words of the
 reply do not matter. Screenshots land in tests/artifacts/ (or $RUSTEEZE_TEST_ARTIFACTS).
+The page's modules on their own (Markdown, the stream reader) are in test_web_modules.py.
 """
 
 import json
@@ -10,7 +11,16 @@ import re
 
 import httpx
 import pytest
-from browser_helpers import DESKTOP, PHONE, console_errors, metric, screenshot, set_viewport, start_chromium
+from browser_helpers import (
+    DESKTOP,
+    PHONE,
+    console_errors,
+    metric,
+    open_page,
+    screenshot,
+    set_viewport,
+    start_chromium,
+)
 from server_helpers import MODEL, live_server
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
@@ -63,17 +73,6 @@ def smollm2_url(smollm2_server):
 def assert_all_blocks_free(app) -> None:
     bm = app.state.engine.block_manager
     assert bm.num_free_blocks == bm.num_blocks, "the page's requests left KV blocks allocated"
-
-
-def open_page(driver, url: str, clear: bool = True) -> None:
-    """Load the page at desktop size; with ``clear``, forget every saved conversation, setting and key."""
-    set_viewport(driver, *DESKTOP)
-    driver.get(url)
-    if clear:
-        driver.execute_script("localStorage.clear()")
-        driver.get(url)
-    console_errors(driver)  # start each test with an empty console
-    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "model").get_attribute("value"))
 
 
 def set_field(driver, element_id: str, value: str) -> None:
@@ -226,121 +225,6 @@ def test_html_in_messages_is_shown_as_text(browser, tiny_url):
     assert user == PAYLOAD
     _no_markup_ran(browser)
     assert console_errors(browser) == []
-
-
-def test_markdown_renders_to_the_expected_elements(browser, tiny_url):
-    open_page(browser, tiny_url)
-    source = (
-        "# Title\n\nSome **bold**, *italic*, ~~gone~~ and `a < b`.\n\n- one\n- two\n  - nested\n\n"
-        "1. first\n2. second\n   - sub\n\n> quoted\n\n```python\nprint('<b>hi</b>')\n```\n\n"
-        "[docs](https://example.com/x?a=1&b=2) [bad](javascript:alert(1))\n---\n"
-        "| a | b |\n|:-|--:|\n| 1 | **2** |\nplain"
-    )
-    html = browser.execute_async_script(
-        "const [text, done] = arguments;"
-        "import('/web/markdown.js').then((md) => {"
-        "  const box = document.createElement('div'); box.append(md.renderMarkdown(text)); done(box.innerHTML);"
-        "});",
-        source,
-    )
-    expected = (
-        "<h1>Title</h1>"
-        "<p>Some <strong>bold</strong>, <em>italic</em>, <del>gone</del> and <code>a &lt; b</code>.</p>"
-        "<ul><li>one</li><li>two<ul><li>nested</li></ul></li></ul>"
-        "<ol><li>first</li><li>second<ul><li>sub</li></ul></li></ol>"
-        "<blockquote><p>quoted</p></blockquote>"
-        '<div class="code-block"><div class="code-head"><span class="code-lang">python</span>'
-        '<button class="copy-button" type="button">Copy</button></div>'
-        "<pre><code>print('&lt;b&gt;hi&lt;/b&gt;')</code></pre></div>"
-        '<p><a href="https://example.com/x?a=1&amp;b=2" target="_blank" rel="noopener noreferrer">docs</a>'
-        " [bad](javascript:alert(1))</p><hr>"
-        '<div class="table-wrap"><table><thead><tr><th>a</th><th class="align-right">b</th></tr></thead>'
-        '<tbody><tr><td>1</td><td class="align-right"><strong>2</strong></td></tr></tbody></table></div>'
-        "<p>plain</p>"
-    )
-    assert html == expected
-
-
-def test_a_code_blocks_copy_button_copies_the_code(browser, tiny_url):
-    open_page(browser, tiny_url)
-    browser.execute_cdp_cmd(
-        "Browser.grantPermissions",
-        {"origin": tiny_url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
-    )
-    code = "for i in range(3):\n    print('<i>', i)"
-    saved = {
-        "id": "c1",
-        "title": "code",
-        "updated": 1,
-        "messages": [
-            {"role": "user", "content": "loop?"},
-            {"role": "assistant", "content": f"Here:\n\n```python\n{code}\n```\n", "state": "done"},
-        ],
-    }
-    browser.execute_script(
-        "localStorage.setItem('rusteeze.conversations', arguments[0]); localStorage.setItem('rusteeze.current', 'c1');",
-        json.dumps([saved]),
-    )
-    browser.refresh()
-    button = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".code-block .copy-button"))
-    button.click()
-    WebDriverWait(browser, 10).until(lambda d: button.text == "Copied")
-    assert browser.execute_async_script("navigator.clipboard.readText().then(arguments[0])") == code
-
-
-def test_the_stream_reader_reassembles_events_split_anywhere(browser, tiny_url):
-    """Events cut mid-line, mid-character and with CRLF endings read as if whole (a fake fetch)."""
-    open_page(browser, tiny_url)
-    result = browser.execute_async_script(
-        r"""
-        const done = arguments[0];
-        const events = [
-          {choices: [{index: 0, delta: {role: "assistant", content: "Z\u00fcrich "}}], usage: null},
-          {choices: [{index: 0, delta: {content: "\u2014 \u{1F680}"}, finish_reason: "stop"}], usage: null},
-          {choices: [], usage: {prompt_tokens: 5, completion_tokens: 2, total_tokens: 7}},
-        ];
-        const text = events.map((e) => "data: " + JSON.stringify(e) + "\r\n\r\n").join("") + "data: [DONE]\n\n";
-        const bytes = new TextEncoder().encode(text);
-        const pieces = [];
-        for (let i = 0; i < bytes.length; i += 7) pieces.push(bytes.slice(i, i + 7));  // cuts characters
-        window.fetch = async () => new Response(new ReadableStream({
-          start(controller) { pieces.forEach((p) => controller.enqueue(p)); controller.close(); },
-        }), {status: 200, headers: {"content-type": "text/event-stream"}});
-        import("/web/chat_api.js").then(async (api) => {
-          const deltas = [];
-          const r = await api.streamChat({messages: []}, new AbortController().signal, (d) => deltas.push(d));
-          done({deltas, usage: r.usage, finish: r.finishReason});
-        }).catch((e) => done({error: String(e)}));
-        """
-    )
-    assert result == {
-        "deltas": ["Zürich ", "— 🚀"],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-        "finish": "stop",
-    }
-
-
-def test_an_error_event_inside_the_stream_is_raised(browser, tiny_url):
-    open_page(browser, tiny_url)
-    result = browser.execute_async_script(
-        r"""
-        const done = arguments[0];
-        const error = {error: {message: "the server is shutting down", type: "x", param: null, code: "shutting_down"}};
-        const body = "data: " + JSON.stringify({choices: [{index: 0, delta: {content: "Hi"}}]}) + "\n\n"
-          + "data: " + JSON.stringify(error) + "\n\ndata: [DONE]\n\n";
-        window.fetch = async () => new Response(body, {status: 200});
-        Promise.all([import("/web/chat_api.js"), import("/web/controls.js")]).then(async ([api, controls]) => {
-          const deltas = [];
-          try {
-            await api.streamChat({messages: []}, new AbortController().signal, (d) => deltas.push(d));
-            done({deltas});
-          } catch (e) {
-            done({deltas, shown: controls.describe(e)});
-          }
-        });
-        """
-    )
-    assert result == {"deltas": ["Hi"], "shown": "Server error (shutting_down): the server is shutting down"}
 
 
 @pytest.mark.parametrize("tiny_url", [{"api_key": "sekrit"}], indirect=True)
