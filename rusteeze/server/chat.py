@@ -70,7 +70,7 @@ class _Formatter:
                 raise shutdown_abort()
             message, reason = {"role": "assistant", "content": c.text}, c.finish_reason
             if self.parse_tools:
-                message, made_calls = tool_message(c.text, self.req.tools.forced, self.req.tools.parallel)
+                message, made_calls = tool_message(c.text, self.req.tools)
                 reason = tool_finish_reason(reason, made_calls)
             choices.append(
                 {
@@ -115,7 +115,7 @@ class _Formatter:
         reason = c.finish_reason
         if self.parse_tools:
             if c.index not in self.tool_streams:
-                self.tool_streams[c.index] = ToolDeltaStream(self.req.tools.forced, self.req.tools.parallel)
+                self.tool_streams[c.index] = ToolDeltaStream(self.req.tools)
             tools = self.tool_streams[c.index]
             delta = tools.delta(c.delta_text, final=reason is not None)
             reason = tool_finish_reason(reason, tools.made_calls)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rusteeze.server.tool_parser import ParsedDelta, ToolCallParser, parse_tool_calls
+from rusteeze.server.tools import ToolRequest
 
 
 def tool_finish_reason(reason: str | None, made_calls: bool) -> str | None:
@@ -18,16 +19,15 @@ def tool_finish_reason(reason: str | None, made_calls: bool) -> str | None:
     return "tool_calls" if made_calls and reason == "stop" else reason
 
 
-def tool_message(text: str, forced: bool, parallel: bool = True) -> tuple[dict[str, Any], bool]:
+def tool_message(text: str, tools: ToolRequest) -> tuple[dict[str, Any], bool]:
     """The assistant message of a whole completion: ``(message, made calls)``.
 
     Args:
         text: the completion's text.
-        forced: the request forced a call (bare JSON calls are read too).
-        parallel: answer every call (else only the first).
+        tools: the request's tools (forced or not, names, parallel calls or not).
     """
-    content, calls = parse_tool_calls(text, forced)
-    calls = calls if parallel else calls[:1]
+    content, calls = parse_tool_calls(text, tools.forced, tools.names)
+    calls = calls if tools.parallel else calls[:1]
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = [
@@ -39,9 +39,9 @@ def tool_message(text: str, forced: bool, parallel: bool = True) -> tuple[dict[s
 class ToolDeltaStream:
     """Turns one choice's text deltas into chat ``delta`` fields (content and tool call pieces)."""
 
-    def __init__(self, forced: bool, parallel: bool = True) -> None:
-        self.parser = ToolCallParser(forced)
-        self.parallel = parallel
+    def __init__(self, tools: ToolRequest) -> None:
+        self.parser = ToolCallParser(tools.forced, tools.names)
+        self.parallel = tools.parallel
 
     @property
     def made_calls(self) -> bool:

@@ -10,6 +10,10 @@ What the parser reads:
 * With ``forced=True`` (``tool_choice`` "required" or a named function), also
   a bare JSON call object or array of them when the output starts with ``{``
   or ``[`` (after whitespace): what the grammar of a forced call produces.
+* Given the tools' ``names`` (``"auto"``), also a bare call object that starts
+  the output and names one of them, with no keys but ``name``, ``arguments`` /
+  ``parameters`` and ``type``: the format Llama 3.1/3.2 templates ask for,
+  ``{"name": "f", "parameters": {...}}``. Any other JSON is content.
 
 Invariants:
 
@@ -38,6 +42,7 @@ OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 _WS = " \t\n\r"
 _ARGUMENT_KEYS = ("arguments", "parameters")
+_STRICT_KEYS = frozenset({"name", "type", *_ARGUMENT_KEYS})
 
 
 def new_call_id() -> str:
@@ -98,10 +103,17 @@ class ToolCall:
 
 
 class _CallReader:
-    """Reads one call object (at path ``base`` of the scanned JSON); announces it once its name is complete."""
+    """Reads one call object (at path ``base`` of the scanned JSON); announces it once its name is complete.
 
-    def __init__(self, base: tuple) -> None:
+    Args:
+        base: the object's path in the scanned JSON.
+        names: when given, the only names a call may have, and its only keys are
+            ``_STRICT_KEYS`` until the name is known (a bare object that is not a call breaks early).
+    """
+
+    def __init__(self, base: tuple, names: frozenset[str] | None = None) -> None:
         self.base = base
+        self.names = names
         self.name_text: list[str] = []  # the name's JSON text
         self.call: ToolCall | None = None  # set when announced
         self.index = -1
@@ -118,6 +130,8 @@ class _CallReader:
         """
         announced = None
         rel = path[len(self.base) :] if path[: len(self.base)] == self.base else ()
+        if rel and self.names is not None and self.call is None and rel[0] not in _STRICT_KEYS:
+            raise JsonPrefixError(f"{rel[0]!r} is not a key of a call")
         if rel and rel[0] == "name" and self.call is None:
             self.name_text.append(ch)
         elif rel and rel[0] in _ARGUMENT_KEYS and self.args_key in (None, rel[0]) and not self.args_closed:
@@ -150,6 +164,8 @@ class _CallReader:
         name = json.loads(name_text)
         if not isinstance(name, str) or not name:
             raise JsonPrefixError(f'a call\'s "name" must be a non-empty string, got {name_text}')
+        if self.names is not None and name not in self.names:
+            raise JsonPrefixError(f"{name!r} is not one of the tools")
         self.call, self.index = ToolCall(new_call_id(), name), index
         out.add_call(ToolCallDelta(index, self.call.id, name))
         if self.args_is_string:
@@ -166,15 +182,19 @@ class ToolCallParser:
     Args:
         forced: the request forces a call (``tool_choice`` "required" or named): a bare JSON
             call object or array at the start of the output is read as calls too.
+        names: the tools' names: a bare call object of one of them at the start of the
+            output is read as a call too (see the module's docstring).
 
     Attributes:
         calls: the calls announced so far, in order; their ``arguments`` grow as they stream.
     """
 
-    def __init__(self, forced: bool = False) -> None:
+    def __init__(self, forced: bool = False, names: frozenset[str] | None = None) -> None:
         self.calls: list[ToolCall] = []
         self._content_parts: list[str] = []
-        self._mode = "start" if forced else "text"  # start | text | call | json | close | skip | done
+        self._forced = forced
+        self._names = None if forced else names  # a bare object must name one of these (None: any name)
+        self._mode = "start" if forced or names else "text"  # start | text | call | json | close | skip | done
         self._held = ""  # raw text not decided yet: leading whitespace, or a possible tag prefix
         self._ws = ""  # trailing content whitespace, held until we know whether a call follows it
         self._has_content = False  # some non-whitespace content was emitted
@@ -242,7 +262,7 @@ class ToolCallParser:
         self._held += text[: len(text) - len(body)]
         if not body:
             return ""
-        if body[0] in "{[":
+        if body[0] == "{" or (body[0] == "[" and self._forced):
             self._begin_block("json", self._held)
             return body
         self._mode, body, self._held = "text", self._held + body, ""
@@ -266,6 +286,9 @@ class ToolCallParser:
             if scanner.done and ch not in _WS and self._mode == "call":
                 self._mode = "close"
                 return text[pos:]
+            if scanner.done and ch not in _WS and not self._forced and self._block_announced():
+                self._end_block()  # text after a bare call (auto) is content
+                return text[pos:]
             self._raw.append(ch)
             try:
                 path = scanner.feed(ch)
@@ -286,7 +309,8 @@ class ToolCallParser:
                 return
             if path != base or ch != "{":
                 raise JsonPrefixError("a call must be a JSON object")
-            reader = self._readers[key] = _CallReader(base)
+            strict = self._names if self._mode == "json" else None
+            reader = self._readers[key] = _CallReader(base, strict)
         call = reader.on_char(ch, path, closed, out, len(self.calls))
         if call is not None:
             self.calls.append(call)
@@ -336,9 +360,14 @@ class ToolCallParser:
         return ""
 
 
-def parse_tool_calls(text: str, forced: bool = False) -> tuple[str | None, list[ToolCall]]:
-    """Parse a whole output: ``(content, calls)``; content is None when there are calls and no text."""
-    parser = ToolCallParser(forced)
+def parse_tool_calls(
+    text: str, forced: bool = False, names: frozenset[str] | None = None
+) -> tuple[str | None, list[ToolCall]]:
+    """Parse a whole output: ``(content, calls)``; content is None when there are calls and no text.
+
+    ``forced`` and ``names`` are :class:`ToolCallParser`'s.
+    """
+    parser = ToolCallParser(forced, names)
     parser.feed(text)
     parser.finish()
     if parser.calls and not parser.content:

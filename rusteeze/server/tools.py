@@ -60,6 +60,11 @@ class ToolRequest:
         return self.choice != "none"
 
     @property
+    def names(self) -> frozenset[str]:
+        """The tools' function names."""
+        return frozenset(t["function"]["name"] for t in self.tools)
+
+    @property
     def forced(self) -> bool:
         """The output must be a call (the call schema constrains it)."""
         return self.choice in ("required", "function")

@@ -10,9 +10,9 @@ from rusteeze.server.tool_parser import ToolCallParser, parse_tool_calls
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": [1, 2]}}\n</tool_call>'
 
 
-def streamed(text: str, pieces: list[int] | None = None, forced: bool = False):
+def streamed(text: str, pieces: list[int] | None = None, forced: bool = False, names=None):
     """Feed ``text`` in pieces (default: one character each); return (content, [(name, arguments)], ids)."""
-    parser = ToolCallParser(forced)
+    parser = ToolCallParser(forced, names)
     cuts = pieces if pieces is not None else list(range(1, len(text)))
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(text))), len(text)]
     content, names, args, ids = "", {}, {}, {}
@@ -28,8 +28,8 @@ def streamed(text: str, pieces: list[int] | None = None, forced: bool = False):
     return content, [(names[i], args.get(i, "")) for i in sorted(names)], [ids[i] for i in sorted(ids)]
 
 
-def whole(text: str, forced: bool = False):
-    content, calls = parse_tool_calls(text, forced)
+def whole(text: str, forced: bool = False, names=None):
+    content, calls = parse_tool_calls(text, forced, names)
     return content, [(c.name, c.arguments) for c in calls]
 
 
@@ -117,16 +117,51 @@ def test_arguments_stream_before_the_call_ends():
 @given(
     st.lists(
         st.sampled_from(
-            ["Hi ", CALL, "\n", " <tool", "_call>{", '"name"', ': "x"', "}", "</tool_call>", "[", '{"a": 1}']
+            [
+                "Hi ",
+                CALL,
+                "\n",
+                " <tool",
+                "_call>{",
+                '"name"',
+                ': "x"',
+                "}",
+                "</tool_call>",
+                "[",
+                '{"a": 1}',
+                ', "arguments": ',
+            ]
         ),
         max_size=6,
     ),
     st.lists(st.integers(0, 400), max_size=8),
-    st.booleans(),
+    st.sampled_from([(False, None), (True, None), (False, frozenset({"x", "get_weather"}))]),
 )
-def test_any_split_gives_the_whole_result(parts, cuts, forced):
+def test_any_split_gives_the_whole_result(parts, cuts, mode):
+    forced, names = mode
     text = "".join(parts)
-    content, calls = whole(text, forced)
-    assert streamed(text, cuts, forced)[:2] == (content or "", calls)
+    content, calls = whole(text, forced, names)
+    assert streamed(text, cuts, forced, names)[:2] == (content or "", calls)
     if not calls:
         assert content == text
+
+
+NAMES = frozenset({"get_weather", "get_time"})
+
+
+def test_auto_reads_a_bare_call_of_a_known_tool_llama_style():
+    text = '{"name": "get_time", "parameters": {"zone": "UTC"}}'
+    assert whole(text) == (text, [])  # without the tools' names: content
+    parsed = parse_tool_calls(text, names=NAMES)
+    assert parsed[0] is None and [(c.name, c.arguments) for c in parsed[1]] == [("get_time", '{"zone": "UTC"}')]
+    typed = ' {"type": "function", "name": "get_weather", "arguments": {}}\nDone.'
+    content, calls = parse_tool_calls(typed, names=NAMES)
+    assert content == "Done." and [c.name for c in calls] == ["get_weather"]
+
+
+def test_auto_leaves_other_json_as_content():
+    for text in ('{"name": "Paris"}', '{"answer": 42}', '{"city": "x", "name": "get_time"}', '[{"name": "get_time"}]'):
+        assert parse_tool_calls(text, names=NAMES) == (text, [])
+        parser = ToolCallParser(names=NAMES)
+        content = "".join(parser.feed(ch).content for ch in text) + parser.finish().content
+        assert content == text and not parser.calls
