@@ -5,8 +5,8 @@
 * ``"none"``: the tools are still given to a chat template that uses them (as
   vLLM does by default), but the output is not parsed: it is all content.
 * ``"auto"`` (the default when there are tools): the model decides; calls it
-  writes (``<tool_call>`` blocks, see :mod:`rusteeze.server.tool_parser`) are
-  parsed out of the output.
+  writes (``<tool_call>`` blocks, or a bare call object of a known tool; see
+  :mod:`rusteeze.server.tool_parser`) are parsed out of the output.
 * ``"required"`` or ``{"type": "function", "function": {"name": ...}}``: the
   output is constrained by a JSON schema built from the tools (an array of
   ``{"name", "arguments"}`` call objects, or the one named call), so it always
@@ -102,17 +102,21 @@ class ToolRequest:
                 "the call's own schema constrains the output",
                 param="response_format",
             )
+        try:
+            constraint = StructuredOutputsParams(json=self.call_schema())
+        except InvalidRequestError as e:
+            self._name_the_bad_schema()
+            raise bad_request(f"tools: the call schema cannot be compiled: {e}", param="tools") from None
+        return dataclasses.replace(params, structured_outputs=constraint)
+
+    def _name_the_bad_schema(self) -> None:
+        """Raise the 400 of the first tool whose parameters do not compile on their own."""
         for i, tool in enumerate(self.tools):
             try:
                 StructuredOutputsParams(json=tool["function"]["parameters"])
             except InvalidRequestError as e:
                 where = f"tools[{i}].function.parameters"
                 raise bad_request(f"{where} is not a usable JSON schema: {e}", param=where) from None
-        try:
-            constraint = StructuredOutputsParams(json=self.call_schema())
-        except InvalidRequestError as e:  # each schema compiles alone, but not together (a ref that breaks)
-            raise bad_request(f"tools: the call schema cannot be compiled: {e}", param="tools") from None
-        return dataclasses.replace(params, structured_outputs=constraint)
 
     def keep_call_tags(self, params: SamplingParams, tokenizer: Tokenizer) -> SamplingParams:
         """``params`` that keep special tokens in the text when the call tags are special tokens.
