@@ -172,9 +172,9 @@ def throughput(work: Path, dry_run: bool, deadline: float) -> dict:
     shape = "tiny" if dry_run else "1b"
     dtype = "float32" if dry_run else "bfloat16"
     directory = write_checkpoint(work / shape, shape, device)
-    workloads = [(2, 8, 2), (4, 8, 2)] if dry_run else [(64, 512, 128), (256, 512, 128)]
-    prefills = [16, 32] if dry_run else [1024, 8192]
-    single = (8, 4) if dry_run else (128, 256)
+    workloads = [(2, 8, 2)] if dry_run else [(64, 512, 128), (256, 512, 128)]
+    prefills = [16] if dry_run else [1024, 8192]
+    single = (8, 2) if dry_run else (128, 256)
     vocab = SHAPES[shape]["vocab_size"]
     result = {"shape": shape, "dtype": dtype}
     result["rusteeze"] = measure_rusteeze(directory, dtype, device, vocab, workloads, prefills, single, deadline)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from gpu_check_models import free, hf_generate, hf_model, random_prompts, rusteeze_llm
 
+WARM_UP_LEN = 32  # prompt tokens of the warm-up run before any figure is timed
+
 
 def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     """Wall seconds of ``fn()`` with the device synchronized on both sides."""
@@ -40,7 +42,7 @@ def device_sync(device: str) -> Callable[[], None]:
 def measure_rusteeze(directory: Path, dtype, device, vocab, workloads, prefills, single, deadline) -> dict:
     """rusteeze's figures (see the module doc); items past ``deadline`` are recorded as skipped."""
     sync = device_sync(device)
-    longest = max(max(prefills), max(i + o for _, i, o in workloads), sum(single)) + 16
+    longest = max(max(prefills), max(i + o for _, i, o in workloads), sum(single), WARM_UP_LEN) + 16
     budget = None if device == "cuda" else "64MiB"  # None: profiled from gpu_memory_utilization
     seqs = max(n for n, _, _ in workloads)
     started = time.perf_counter()
@@ -54,7 +56,7 @@ def measure_rusteeze(directory: Path, dtype, device, vocab, workloads, prefills,
         "cuda_graph_buckets": list(graphs.buckets) if graphs is not None else None,
     }
     generate = llm_generate(llm)
-    generate(random_prompts(2, 32, vocab), 4)  # compile what the capture did not (prefill shapes)
+    generate(random_prompts(2, WARM_UP_LEN, vocab), 4)  # compile what the capture did not (prefill shapes)
     run_figures(result, generate, sync, vocab, workloads, prefills, single, deadline)
     del llm, graphs, generate
     free()
@@ -89,7 +91,7 @@ def measure_hf(directory: Path, dtype, device, vocab, workloads, prefills, singl
     sync = device_sync(device)
     model = hf_model(directory, dtype, device)
     generate, prefill = hf_calls(model)
-    generate(random_prompts(2, 32, vocab), 4)
+    generate(random_prompts(2, WARM_UP_LEN, vocab), 4)
     result: dict = {}
     run_figures(result, generate, sync, vocab, workloads, prefills, single, deadline, prefill)
     del model, generate, prefill

@@ -53,6 +53,7 @@ def test_dry_run_runs_every_section_and_reports_figures(tmp_path):
     assert ran and all(case["exact"] for case in ran if case["dtype"] == "float32")
     speed = sections["throughput"]["rusteeze"]
     assert speed["kv_cache_memory"] == 64 * 2**20 and speed["cuda_graph_buckets"] is None  # CPU: no graphs
+    assert speed["single_stream"]["decode_tok_s"] > 0 and speed["prefill"]["16"]["tok_s"] > 0
     figures = speed["batched"]["2x8/2"]
     assert figures["output_tok_s"] == pytest.approx(2 * 2 / figures["seconds"], rel=0.05)  # 2 prompts x 2 tokens
     assert figures["total_tok_s"] == pytest.approx(2 * (8 + 2) / figures["seconds"], rel=0.05)
