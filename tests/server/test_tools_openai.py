@@ -106,6 +106,26 @@ def test_required_gives_schema_valid_calls_whole_and_streamed(tiny, template):
     assert len(pieces) > 3 and all(p.id is None and p.function.name is None for p in pieces[1:])
 
 
+def test_n_choices_and_logprobs_with_forced_calls(tiny):
+    kw = dict(
+        model=MODEL, messages=WEATHER, tools=[TINY_WEATHER, TINY_TIME], tool_choice="required", n=2, seed=5,
+        temperature=1.0, max_tokens=60, logprobs=True, parallel_tool_calls=False,
+    )  # fmt: skip
+    r = tiny.chat.completions.create(**kw)
+    assert [c.finish_reason for c in r.choices] == ["tool_calls", "tool_calls"]
+    for choice in r.choices:
+        assert_valid_calls(choice.message.tool_calls)
+    assert sum(len(c.logprobs.content) for c in r.choices) == r.usage.completion_tokens
+    calls, logprobs = {0: "", 1: ""}, 0
+    for chunk in tiny.chat.completions.create(**kw, stream=True):
+        for choice in chunk.choices:
+            logprobs += len(choice.logprobs.content) if choice.logprobs else 0
+            for piece in choice.delta.tool_calls or []:
+                calls[choice.index] += piece.function.arguments or ""
+    assert calls == {c.index: c.message.tool_calls[0].function.arguments for c in r.choices}
+    assert logprobs == r.usage.completion_tokens  # every token's logprob, even those of held-back text
+
+
 def test_a_named_function_is_the_one_called(tiny):
     named = {"type": "function", "function": {"name": "time"}}
     for seed in range(3):
