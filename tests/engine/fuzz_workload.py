@@ -146,7 +146,7 @@ def make_engine(loaded, *, block_size: int, kv_tokens: int, prefix_caching: bool
         **kw,
     )
     engine = Engine(config, loaded=loaded)
-    assert engine.model_runner.poison, "the fuzzer runs with RUSTEEZE_DEBUG_POISON_KV=1 (tests/conftest.py)"
+    assert engine.runner.poison, "the fuzzer runs with RUSTEEZE_DEBUG_POISON_KV=1 (tests/conftest.py)"
     return engine
 
 
@@ -169,7 +169,7 @@ def run_workload(engine: Engine, wl: Workload, seen: set[str] | None = None) -> 
     "prefix hit", "chunked prefill", "prefill and decode mixed", "256+ rows", "abort".
     """
     seen = set() if seen is None else seen
-    run = engine.model_runner.run
+    run = engine.runner.run
 
     def observe(out):
         if sum(s.num_new_tokens for s in out.scheduled) >= 256:
@@ -180,7 +180,7 @@ def run_workload(engine: Engine, wl: Workload, seen: set[str] | None = None) -> 
             seen.add("prefill and decode mixed")
         return run(out)
 
-    engine.model_runner.run = observe  # an instance attribute: this engine only
+    engine.runner.run = observe  # an instance attribute: this engine only
     results = []
     for p, reqs in enumerate(wl.passes):
         ids = {f"p{p}-r{i}": r for i, r in enumerate(reqs)}

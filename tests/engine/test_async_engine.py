@@ -94,7 +94,7 @@ def test_cancelling_or_leaving_a_stream_aborts_it_and_frees_blocks(engine):
 
 
 def test_a_failing_step_fails_its_requests_and_the_loop_keeps_serving(engine, monkeypatch):
-    real_run, calls = engine.model_runner.run, {"n": 0}
+    real_run, calls = engine.runner.run, {"n": 0}
 
     def flaky_run(out):
         calls["n"] += 1
@@ -102,7 +102,7 @@ def test_a_failing_step_fails_its_requests_and_the_loop_keeps_serving(engine, mo
             raise RuntimeError("boom")
         return real_run(out)
 
-    monkeypatch.setattr(engine.model_runner, "run", flaky_run)
+    monkeypatch.setattr(engine.runner, "run", flaky_run)
     aengine = AsyncEngine(engine)
 
     async def main():

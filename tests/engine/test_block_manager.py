@@ -231,8 +231,8 @@ def test_poison_records_fresh_and_uncached_freed_blocks_never_cache_hits():
 
 def test_poisoned_engine_fills_the_cache_with_nan_and_catches_a_stray_read(make_engine):
     engine = make_engine("llama", enable_prefix_caching=False)
-    bm, k_cache = engine.block_manager, engine.model_runner.kv_caches[0][0]
-    assert engine.model_runner.poison and k_cache.shape[0] == bm.num_blocks + 1 and k_cache.isnan().all()
+    bm, k_cache = engine.block_manager, engine.runner.kv_caches[0][0]
+    assert engine.runner.poison and k_cache.shape[0] == bm.num_blocks + 1 and k_cache.isnan().all()
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
     engine.add_request(list(range(3, 13)), params)
     while engine.has_unfinished_requests():

@@ -35,7 +35,7 @@ def hf_greedy(model_dir, prompt: list[int], n: int) -> list[int]:
 @pytest.mark.parametrize("chunk", [5, 12])  # tokens per step: chunks shorter and longer than the window
 def test_chunked_prefill_past_released_blocks_matches_transformers(make_engine, tiny_model_dirs, chunk):
     engine = make_engine("mistral", max_num_batched_tokens=chunk, enable_prefix_caching=False)
-    assert engine.model_config.sliding_window == 8 and engine.model_runner.poison
+    assert engine.model_config.sliding_window == 8 and engine.runner.poison
     prompts = [list(range(3, 3 + n)) for n in (29, 18)]  # several windows long; a second one decoding alongside
     ids = [engine.add_request(p, PARAMS) for p in prompts]
     done = {}
