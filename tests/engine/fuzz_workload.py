@@ -47,17 +47,24 @@ class Workload:
     """Engine settings and the passes (each runs to completion before the next; later ones hit the cache)."""
 
     def __init__(
-        self, block_size: int, kv_tokens: int, max_num_batched_tokens: int, max_num_seqs: int, passes: list[list[Req]]
+        self,
+        block_size: int,
+        kv_tokens: int,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        passes: list[list[Req]],
+        speculate: int = 0,
     ) -> None:
         self.block_size, self.kv_tokens = block_size, kv_tokens
         self.max_num_batched_tokens, self.max_num_seqs = max_num_batched_tokens, max_num_seqs
         self.passes = passes
+        self.speculate = speculate  # n-gram speculation's k (drafting every step it finds one); 0: off
 
     def __repr__(self) -> str:
         return (
             f"Workload(block_size={self.block_size}, kv_tokens={self.kv_tokens}, "
             f"max_num_batched_tokens={self.max_num_batched_tokens}, max_num_seqs={self.max_num_seqs}, "
-            f"passes={self.passes})"
+            f"speculate={self.speculate}, passes={self.passes})"
         )
 
 
@@ -120,9 +127,11 @@ def workloads(
         passes.append(
             [Req(list(r.prompt), draw(st.integers(1, max_new)), r.n, draw(st.sampled_from([0, 1]))) for r in again]
         )
+    speculate = draw(st.sampled_from([0, 0, 3]))
     if pressure:
-        return Workload(bs, MAX_MODEL_LEN, draw(st.sampled_from([16, 64])), 64, passes)
+        return Workload(bs, MAX_MODEL_LEN, draw(st.sampled_from([16, 64])), 64, passes, speculate)
     return Workload(
+        speculate=speculate,
         block_size=bs,
         # From one max_model_len sequence (the engine's minimum) to plenty.
         kv_tokens=draw(st.sampled_from([MAX_MODEL_LEN, MAX_MODEL_LEN + 64, 1024, 4096])),

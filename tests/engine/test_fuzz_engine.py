@@ -28,20 +28,28 @@ EXAMPLES = FUZZ.max_examples
 
 
 def _engine_for(loaded, wl) -> Engine:
-    return make_engine(
+    spec = {"method": "ngram", "num_speculative_tokens": wl.speculate, "prompt_lookup_min": 1}
+    engine = make_engine(
         loaded,
         block_size=wl.block_size,
         kv_tokens=wl.kv_tokens,
         prefix_caching=True,
         max_num_batched_tokens=wl.max_num_batched_tokens,
         max_num_seqs=wl.max_num_seqs,
+        speculative=spec if wl.speculate else None,
     )
+    if engine.speculator is not None:
+        engine.speculator.fixed_cost_tokens = 1e9  # drafts are free: draft whenever the n-gram finds one
+    return engine
 
 
 def check_workload(loaded, alone: Alone, wl) -> list[str]:
     """Run ``wl`` batched; failures of any completion against its prompt run alone."""
     errors, seen = [], set()
-    results = run_workload(_engine_for(loaded, wl), wl, seen)
+    engine = _engine_for(loaded, wl)
+    results = run_workload(engine, wl, seen)
+    if engine.speculator is not None:
+        seen.add("speculation: drafts verified" if engine.speculator.num_draft_tokens else "speculation: no drafts")
     for what in sorted(seen):
         event(what)  # coverage: python -m pytest ... --hypothesis-show-statistics
     for req, completions, aborted in results:
