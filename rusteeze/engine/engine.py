@@ -82,7 +82,7 @@ class Engine:
         self.runner = ModelRunner(loaded.model, caches, bs, cfg.vocab_size, loaded.device, self.block_manager)
         self.runner.decode_graphs = build_decode_graphs(config, loaded.kernel_backend, self.runner, self.max_model_len)
         spec = config.speculative
-        self.speculator = Speculator.for_device(spec, loaded.device) if spec is not None else None
+        self.speculator = Speculator.create(config, loaded, self.max_model_len) if spec is not None else None
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         # Unseeded requests sample from this engine's own generator: reproducible for a given
@@ -194,6 +194,8 @@ class Engine:
             return None
         for seq in request.seqs:
             self.scheduler.finish(seq, "abort")
+        if self.speculator is not None:
+            self.speculator.end_step()
         request.on_finish()
         return request.make_output()
 
@@ -237,6 +239,8 @@ class Engine:
             if request.on_tokens(seq, logprobs[seq.seq_id]):
                 self.scheduler.finish(seq, "stop")
             changed[request.request_id] = request
+        if self.speculator is not None:
+            self.speculator.end_step()
         outputs = []
         for request in changed.values():
             if request.finished:

@@ -16,7 +16,7 @@ class SpeculativeConfig:
 
     Attributes:
         method: "ngram" (prompt lookup: continue a repeated n-gram of the prompt and output) or
-            "draft" (a smaller model with the same tokenizer; not available yet).
+            "draft" (greedy drafts of ``draft_model``, a smaller model with the same tokenizer).
         num_speculative_tokens: k, the most tokens proposed per sequence and step.
         prompt_lookup_min: the shortest n-gram that may match (ngram).
         prompt_lookup_max: the longest n-gram tried first (ngram).
@@ -42,12 +42,11 @@ class SpeculativeConfig:
             )
         if self.draft_model is not None and (not isinstance(self.draft_model, str) or not self.draft_model.strip()):
             raise ConfigError(f"speculative.draft_model = {self.draft_model!r} must be a model name, directory or file")
-        if self.method == "draft":
+        if self.method == "draft" and self.draft_model is None:
             raise ConfigError(
-                "speculative.method = 'draft' is not available yet in this version; use method = 'ngram' "
-                "(prompt lookup, no second model)"
+                "speculative.method = 'draft' needs speculative.draft_model: a smaller model with the same tokenizer"
             )
-        if self.draft_model is not None:
+        if self.method != "draft" and self.draft_model is not None:
             raise ConfigError("speculative.draft_model is only used with method = 'draft'; remove it for 'ngram'")
 
     @classmethod
