@@ -14,9 +14,11 @@ script re-invoked with ``--variant``), so resident memory is that variant's alon
 
 - disk: the GGUF's size, the quantized directory's total; float32 has no file
   (its figure is the weight bytes in memory);
-- weight: parameters + buffers of the loaded rusteeze model (packed weights are buffers);
-- RSS: VmRSS after loading minus VmRSS before it (after ``import torch, rusteeze``,
-  or ``import llama_cpp``); peak: VmHWM at the end of the run minus the same baseline
+- weight: parameters + buffers of the loaded rusteeze model and the CPU kernels' int4/int8 tiles;
+- RSS: VmRSS after loading minus VmRSS before it (after ``import torch, rusteeze``
+  and loading the compiled Numba kernels, or ``import llama_cpp``); the kernels'
+  runtime (llvmlite, the compiled code: ~130 MB, the same for every model) is
+  printed apart as "kernels MB"; peak: VmHWM at the end of the run minus the same baseline
   (load transients, the touched KV cache and activations). The KV cache budget is
   small (``--kv-cache-memory``) and allocated untouched, so it does not dominate.
   llama.cpp mmaps the GGUF: its pages count once they are read;
@@ -54,7 +56,7 @@ TARGETS = [
 MAX_INT4_RSS_OVER_GGUF = 1.3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import default_model, make_prompts  # noqa: E402  (same model and prompts as throughput.py)
+from throughput import default_model, make_prompts, weight_bytes  # noqa: E402  (same model and prompts as throughput.py)
 
 
 def memory_kb() -> dict[str, int]:
@@ -82,13 +84,17 @@ def run_rusteeze(variant: str, path: str, args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     gc.collect()
+    imported = memory_kb()
+    from rusteeze.kernels import numba_ops
+
+    numba_ops.prepare()  # the compiled kernels' runtime is not the model's memory: measured apart
+    gc.collect()
     base = memory_kb()
     from rusteeze import LLM, SamplingParams
 
     start = time.perf_counter()
     llm = LLM(
         path,
-        dtype="float32",
         max_model_len=args.input_len + max(args.output_len, args.batch_output_len),
         max_num_seqs=args.batch,
         kv_cache_memory=args.kv_cache_memory,
@@ -98,8 +104,8 @@ def run_rusteeze(variant: str, path: str, args) -> dict:
     result = {"load_s": time.perf_counter() - start}
     gc.collect()
     result.update(memory_after_load(base))
-    model = llm.engine.loaded.model
-    result["weight_bytes"] = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    result["kernel_runtime_bytes"] = (base["VmRSS"] - imported["VmRSS"]) * 1024
+    result["weight_bytes"] = weight_bytes(llm.engine.loaded.model)
 
     def generate(prompts, n: int) -> list:
         params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
@@ -210,7 +216,8 @@ def print_report(results: dict, gguf: str, args) -> None:
         f"{args.output_len} out; batch: {args.batch} x ({args.input_len} in, {args.batch_output_len} out); "
         f"torch threads {args.threads or 'default'}; KV cache budget {args.kv_cache_memory} (allocated untouched)"
     )
-    head = ("disk MB", 9), ("weight MB", 11), ("RSS MB", 9), ("peak MB", 9), ("1-stream tok/s", 16), ("batch tok/s", 13)
+    head = ("disk MB", 9), ("weight MB", 11), ("RSS MB", 9), ("peak MB", 9), ("kernels MB", 12)
+    head += ("1-stream tok/s", 16), ("batch tok/s", 13)
     print(f"{'variant':<13}" + "".join(f"{h:>{w}}" for h, w in head))
     for name, r in results.items():
         if "error" in r:
@@ -218,13 +225,15 @@ def print_report(results: dict, gguf: str, args) -> None:
             continue
         disk = f"{r['disk_bytes'] / MB:.1f}" + ("*" if name == "float32" else "")
         weight = f"{r['weight_bytes'] / MB:.1f}" if "weight_bytes" in r else "-"
+        kernels = f"{r['kernel_runtime_bytes'] / MB:.1f}" if "kernel_runtime_bytes" in r else "-"
         print(
-            f"{name:<13}{disk:>9}{weight:>11}{r['rss_bytes'] / MB:>9.1f}{r['peak_rss_bytes'] / MB:>9.1f}"
+            f"{name:<13}{disk:>9}{weight:>11}{r['rss_bytes'] / MB:>9.1f}{r['peak_rss_bytes'] / MB:>9.1f}{kernels:>12}"
             f"{r['single_decode_tok_s']:>16.1f}{r['batch_tok_s']:>13.1f}"
         )
     print(
-        "* float32 is not a file: weight bytes in memory. RSS: after load minus after imports; "
-        "peak: VmHWM at the end minus the same baseline. llama.cpp's batch figure is sequential."
+        "* float32 is not a file: weight bytes in memory. RSS: after load minus after imports and the compiled "
+        "kernels (their runtime: kernels MB); peak: VmHWM at the end minus the same baseline. "
+        "llama.cpp's batch figure is sequential."
     )
     ok = {name: r for name, r in results.items() if "error" not in r}
     for label, num, den, field, target in TARGETS:

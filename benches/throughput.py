@@ -9,8 +9,10 @@ same work: (1) output tokens/s on ``num_prompts`` prompts of ``input_len``
 random token ids, ``output_len`` new tokens each, all submitted at once;
 (2) single-stream decode tokens/s (one prompt, after its first token);
 (3) the time to prefill one 1024-token prompt. Every engine runs the same
-GGUF: ``rusteeze`` loads Q4_1/Q8_0 directly into its int4/int8 layers
-(float32 math in its Numba kernels; the default for .gguf files);
+GGUF: ``rusteeze`` is the default path: Q4_1/Q8_0 loaded directly into its
+int4/int8 layers, ``dtype="auto"`` (decode matmuls on int8-quantized activations as
+llama.cpp, prefill and batch GEMMs in bfloat16 where the CPU has it natively);
+``rusteeze-q4-f32`` is the same weights with ``dtype="float32"`` (float32 math);
 ``rusteeze-f32`` (``gguf_direct=False``) and transformers dequantize it to float32,
 so they do the same math; llama.cpp runs the GGUF as is (Q4_1),
 through llama-cpp-python when it is installed (``pip install llama-cpp-python``;
@@ -49,13 +51,15 @@ def make_prompts(n: int, length: int, seed: int = 0, low: int = 1000, high: int 
     return [[rng.randrange(low, high) for _ in range(length)] for _ in range(n)]
 
 
-def bench_rusteeze(model: str, prompts, output_len: int, profile: bool, gguf_direct: bool = True) -> dict:
+def bench_rusteeze(
+    model: str, prompts, output_len: int, profile: bool, gguf_direct: bool = True, dtype: str = "auto"
+) -> dict:
     from rusteeze import LLM, SamplingParams
 
     # No prefix caching: the prefill figure repeats the same prompt, and the peers have no cache.
     llm = LLM(
         model,
-        dtype="float32",
+        dtype=dtype,
         max_model_len=2048,
         max_num_seqs=len(prompts),
         kv_cache_memory="2GiB",
@@ -189,11 +193,17 @@ def bench_llamacpp(model: str, prompts, output_len: int, profile: bool) -> dict:
 
 def bench_rusteeze_f32(model: str, prompts, output_len: int, profile: bool) -> dict:
     """rusteeze with the GGUF dequantized to float32: the same weights and math as transformers."""
-    return bench_rusteeze(model, prompts, output_len, profile, gguf_direct=False)
+    return bench_rusteeze(model, prompts, output_len, profile, gguf_direct=False, dtype="float32")
+
+
+def bench_rusteeze_q4_f32(model: str, prompts, output_len: int, profile: bool) -> dict:
+    """rusteeze on the GGUF's int4/int8 weights with ``dtype="float32"``: float32 activations everywhere."""
+    return bench_rusteeze(model, prompts, output_len, profile, dtype="float32")
 
 
 PEERS: dict[str, Callable[..., dict]] = {
     "rusteeze": bench_rusteeze,
+    "rusteeze-q4-f32": bench_rusteeze_q4_f32,
     "rusteeze-f32": bench_rusteeze_f32,
     "transformers": bench_transformers,
     "llamacpp": bench_llamacpp,

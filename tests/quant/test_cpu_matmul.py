@@ -102,3 +102,18 @@ def test_int8_activations_take_the_integer_kernel_only_for_kernel_sized_calls():
     q = torch.randint(-127, 128, (96, 128), dtype=torch.int8)
     i8 = cpu_matmul.TiledInt8.from_int8(q, torch.rand(96, 4), int8_activations=True)
     assert torch.equal(i8.matmul(small), numba_q8_matmul.int8_matmul_q8(small, i8.weight, i8.scales, 96))
+
+
+def test_bf16_gemm_rounds_weight_and_input_to_bfloat16_for_large_calls():
+    torch.manual_seed(4)
+    packed, scales, mins = random_int4(96, 128, 32)
+    tiled = cpu_matmul.TiledInt4.from_packed(packed, scales, mins, bf16_gemm=True)
+    x = torch.randn(cpu_matmul.NUMBA_MAX_TOKENS + 3, 128)
+    w = int4_reference(packed, scales, mins).float()  # [N, K]
+    expected = (x.bfloat16().double() @ w.bfloat16().double().T).bfloat16().float()  # bf16 in, bf16 out
+    torch.testing.assert_close(tiled.matmul(x), expected, rtol=8e-3, atol=1e-3)  # one bf16 ulp of the output
+    float_math = (x.double() @ w.double().T).float()
+    assert not torch.allclose(tiled.matmul(x), float_math, rtol=1e-5, atol=1e-5)
+    small = x[: cpu_matmul.NUMBA_MAX_TOKENS]
+    plain = cpu_matmul.TiledInt4.from_packed(packed, scales, mins)
+    assert torch.equal(tiled.matmul(small), plain.matmul(small))  # kernel-sized calls: float32 kernel
