@@ -38,15 +38,15 @@ def load(path: Path, backend: str = "torch", **kw):
     return load_model_from_path(path, device="cpu", kernel_backend=backend, **kw)
 
 
-def quantized_pair(hf_dir: Path, method: str, tmp: Path, backend: str):
-    """(int8 / int4 quantized model on ``backend``, its dequantized float32 twin on torch)."""
+def quantized_pair(hf_dir: Path, method: str, tmp: Path, backend: str, dtype: str = "auto"):
+    """(int8 / int4 quantized model on ``backend`` at ``dtype``, its dequantized float32 twin on torch)."""
     from rusteeze.quant.config import QuantConfig
     from rusteeze.quant.convert import quantize_model
 
     qdir, fdir = tmp / f"{method}-q", tmp / f"{method}-f32"
     quantize_model(hf_dir, qdir, QuantConfig(method, 32, quantize_embeddings=method == "int8"))
     write_dequantized(qdir, fdir)
-    return load(qdir, backend), load(fdir)
+    return load(qdir, backend, dtype=dtype), load(fdir)
 
 
 def write_dequantized(qdir: Path, out: Path) -> None:
@@ -86,11 +86,11 @@ def write_dequantized(qdir: Path, out: Path) -> None:
             shutil.copy(qdir / name, out / name)
 
 
-def gguf_pair(hf_dir: Path, fmt: str, tmp: Path, backend: str):
-    """(the GGUF loaded directly on ``backend``, the same file dequantized to float32 on torch)."""
+def gguf_pair(hf_dir: Path, fmt: str, tmp: Path, backend: str, dtype: str = "auto"):
+    """(the GGUF loaded directly on ``backend`` at ``dtype``, the same file dequantized to float32 on torch)."""
     path = tmp / f"tiny-{fmt}.gguf"
     write_gguf(hf_dir, path, GGUF_FORMATS[fmt])
-    return load(path, backend, gguf_direct=True), load(path, gguf_direct=False)
+    return load(path, backend, gguf_direct=True, dtype=dtype), load(path, gguf_direct=False)
 
 
 _LAYER_NAMES = {
