@@ -76,7 +76,8 @@ class SamplingParams:
         structured_outputs: a constraint the output must satisfy (JSON schema, any
             JSON object, regex, choice or Lark grammar), enforced by masking the
             logits of every step; a mapping of its fields is accepted too. The
-            request ends with "stop" once the constraint is complete.
+            request ends with "stop" once the constraint is complete; ``min_tokens``
+            does not apply to it (the grammar decides where the output ends).
     """
 
     n: int = 1
@@ -103,9 +104,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.structured_outputs is not None:
             # Frozen: a mapping becomes the typed value once, here.
-            object.__setattr__(
-                self, "structured_outputs", StructuredOutputsParams.from_value(self.structured_outputs)
-            )
+            object.__setattr__(self, "structured_outputs", StructuredOutputsParams.from_value(self.structured_outputs))
         self._validate()
 
     def _validate(self) -> None:
