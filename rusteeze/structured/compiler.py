@@ -10,6 +10,7 @@ microseconds), so a repeated schema costs no compilation.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections import OrderedDict
@@ -21,6 +22,7 @@ from rusteeze.structured.params import StructuredOutputsParams
 from rusteeze.tokenizer import Tokenizer
 
 DEFAULT_CACHE_SIZE = 128  # distinct constraints kept compiled
+logger = logging.getLogger(__name__)
 
 
 class GrammarMatcher:
@@ -40,14 +42,15 @@ class GrammarMatcher:
         return self.matcher.is_stopped()
 
     def advance(self, token_id: int) -> bool:
-        """Consume a sampled token; returns True when the grammar is now complete.
+        """Consume a sampled token; returns True when the grammar cannot go on: complete, or failed.
 
-        Raises:
-            RuntimeError: the token is not allowed here. The sampler only picks
-                allowed tokens, so this is an engine bug, not a user error.
+        The sampler only picks allowed tokens, so a rejected token means the matcher failed
+        (a grammar that hit llguidance's limits mid-way): it is logged, and the sequence ends
+        rather than the engine step.
         """
         if not self.matcher.consume_token(token_id):
-            raise RuntimeError(f"grammar rejected token {token_id}: {self.matcher.get_error()}")
+            logger.error("structured output stopped: grammar rejected token %d: %s", token_id, self.matcher.get_error())
+            return True
         return self.matcher.is_stopped()
 
     def rollback(self, num_tokens: int) -> None:

@@ -41,3 +41,11 @@ def test_padded_model_vocabulary_columns_are_never_allowed(smollm2_tokenizer):
     assert torch.isinf(logits[1, smollm2_tokenizer.vocab_size :]).all()
     assert torch.isfinite(logits[1, : smollm2_tokenizer.vocab_size]).sum() > 40_000  # any text, and EOS
     assert torch.isfinite(logits[0]).all()
+
+
+def test_a_rejected_token_ends_the_grammar_instead_of_the_engine_step(smollm2_tokenizer, caplog):
+    compiler = GrammarCompiler(smollm2_tokenizer, smollm2_tokenizer.vocab_size, smollm2_tokenizer.eos_token_ids)
+    grammar = compiler.matcher(StructuredOutputsParams(regex="[0-9]+"))
+    letter = smollm2_tokenizer.encode("x", add_special_tokens=False)[0]
+    assert grammar.advance(letter) is True
+    assert "grammar rejected token" in caplog.text
