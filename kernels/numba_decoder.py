@@ -113,7 +113,7 @@ def _linear(x, lin, n):
         xq = np.empty((t_count, k), np.int8)  # x quantized per block: int8 values, scale d, d · Σ q
         xd = np.empty((t_count, k // block), np.float32)
         xs = np.empty((t_count, k // block), np.float32)
-        quantize_rows(x, block, xq, xd, xs)
+        quantize_rows(x, block, np.float32(127), xq, xd, xs)
         if kind == KIND_INT4_Q8:
             pad = np.empty((t_count, w4.shape[0] * TILE), np.float32)
             if threaded:

@@ -12,7 +12,9 @@ dequantize + GEMM; ``benches/quant_kernels.py``).
 Activations: with ``int8_activations`` (set for ``dtype="auto"``, the default)
 the kernel-sized calls quantize x to int8 per block of 32 and use integer dot
 products (``rusteeze.kernels.numba_q8_matmul``), as llama.cpp does for its
-Q4/Q8 weights: ~1.8× the float32 kernel's int4 multiply-adds per second. Without
+Q4/Q8 weights: ~1.8× the float32 kernel's int4 multiply-adds per second (the
+logits layer takes ``int16_activations`` instead: near-float32 accuracy, the same
+integer kernel). Without
 it (``dtype="float32"``) every path computes in float32, so ``dtype="float32"``
 means float32 math here too.
 
@@ -89,19 +91,30 @@ class TiledInt8:
     out_features: int  # N
     int8_activations: bool = False  # kernel-sized calls quantize x to int8 (dtype "auto")
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
+    int16_activations: bool = False  # kernel-sized calls quantize x to int16 (the logits layer, dtype "auto")
 
     @classmethod
     def from_int8(
-        cls, q: torch.Tensor, scales: torch.Tensor, int8_activations: bool = False, bf16_gemm: bool = False
+        cls,
+        q: torch.Tensor,
+        scales: torch.Tensor,
+        int8_activations: bool = False,
+        bf16_gemm: bool = False,
+        int16_activations: bool = False,
     ) -> "TiledInt8":
-        """q [N, K] int8, scales [N] or [N, K/G] → tiles."""
-        return cls(*nq.repack_int8(q, scales), q.shape[0], int8_activations, bf16_gemm)
+        """q [N, K] int8, scales [N] or [N, K/G] → tiles (int16 activations only where blocks allow them)."""
+        k = q.shape[1]
+        groups = 1 if scales.dim() == 1 else scales.shape[1]
+        int16 = int16_activations and q8.act_block(k // groups) <= q8.INT16_MAX_BLOCK
+        return cls(*nq.repack_int8(q, scales), q.shape[0], int8_activations, bf16_gemm, int16)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] → [T, N] float32."""
         if x.shape[0] <= NUMBA_MAX_TOKENS:
-            kernel = q8.int8_matmul_q8 if self.int8_activations else nq.int8_matmul
-            return kernel(x, self.weight, self.scales, self.out_features)
+            if self.int8_activations or self.int16_activations:
+                bits = 8 if self.int8_activations else 16
+                return q8.int8_matmul_q8(x, self.weight, self.scales, self.out_features, bits)
+            return nq.int8_matmul(x, self.weight, self.scales, self.out_features)
         return _gemm(x, nq.dequantize_int8_t(self.weight, self.scales, self.out_features), self.bf16_gemm)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:

@@ -43,17 +43,21 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n)) if bias else None
         self.tiled: cpu_matmul.TiledInt4 | cpu_matmul.TiledInt8 | None = None  # set by prepare_cpu()
 
-    def prepare_cpu(self, int8_activations: bool = False, bf16_gemm: bool = False) -> None:
+    def prepare_cpu(
+        self, int8_activations: bool = False, bf16_gemm: bool = False, int16_activations: bool = False
+    ) -> None:
         """Repack the weight into the Numba kernels' tiles and drop the checkpoint buffers (idempotent).
 
-        ``int8_activations``: small calls quantize their input to int8; ``bf16_gemm``: large
-        calls multiply in bfloat16 (see ``cpu_matmul``).
+        ``int8_activations`` / ``int16_activations`` (int8 weights only): small calls quantize
+        their input to int8 / int16; ``bf16_gemm``: large calls multiply in bfloat16 (see ``cpu_matmul``).
         """
         if self.tiled is not None:
             return
         empty = torch.empty(0)
         if self.method == "int8":
-            self.tiled = cpu_matmul.TiledInt8.from_int8(self.weight, self.weight_scale, int8_activations, bf16_gemm)
+            self.tiled = cpu_matmul.TiledInt8.from_int8(
+                self.weight, self.weight_scale, int8_activations, bf16_gemm, int16_activations
+            )
             self.weight, self.weight_scale = empty.to(torch.int8), empty
         else:
             self.tiled = cpu_matmul.TiledInt4.from_packed(
@@ -123,10 +127,11 @@ def prepare_quantized(model: nn.Module, kernel_backend: str, int8_activations: b
     products, as llama.cpp, and their larger calls (prefill, batches) multiply in
     bfloat16 where the CPU has it natively (``cpu_matmul.native_bf16``); False
     keeps float32 math everywhere (``dtype="float32"``). The logits layer (a tied
-    embedding or ``lm_head``) always keeps float32 math: with int8 activations
-    SmolLM2's greedy answers went wrong ("What is the capital of France?" →
-    "L'Étoile, …" instead of "… Paris."), for ~0.2 ms of the token time. Other
-    backends keep the checkpoint layout (the torch reference ops, Triton).
+    embedding or ``lm_head``) takes int16 activations instead (int8 weights; near
+    float32) and float32 GEMMs: with int8 activations SmolLM2's greedy answers
+    went wrong ("What is the capital of France?" → "L'Étoile, …" instead of
+    "… Paris."). Other backends keep the checkpoint layout (the torch reference
+    ops, Triton).
     """
     if kernel_backend != "numba":
         return
@@ -134,4 +139,4 @@ def prepare_quantized(model: nn.Module, kernel_backend: str, int8_activations: b
         if isinstance(module, QuantLinear) and next(module.buffers()).device.type == "cpu":
             logits_layer = isinstance(module, QuantEmbedding) or name == "lm_head"
             fast = int8_activations and not logits_layer
-            module.prepare_cpu(fast, fast and cpu_matmul.native_bf16())
+            module.prepare_cpu(fast, fast and cpu_matmul.native_bf16(), int8_activations and logits_layer)

@@ -9,11 +9,11 @@ from rusteeze.kernels import numba_q8_matmul as q8
 from rusteeze.kernels import numba_quant_matmul as nq
 
 
-def quantize_reference(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] float32 → (q [M, K] int64, d [M, K/B] float32): d = max|x| / 127 per block, q = round(x / d)."""
+def quantize_reference(x: torch.Tensor, block: int, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float32 → (q [M, K] int64, d [M, K/B] float32): d = max|x| / qmax per block, q = round(x / d)."""
     m, k = x.shape
     blocks = x.view(m, k // block, block)
-    d = blocks.abs().amax(-1) / 127  # [M, K/B]
+    d = blocks.abs().amax(-1) / qmax  # [M, K/B]
     inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
     q = torch.round(blocks * inv.unsqueeze(-1)).long()  # half to even, as np.rint
     return q.view(m, k), d
@@ -32,9 +32,9 @@ def int4_q8_reference(x, q4, scales, mins, block):
     return (dot * scales.double()[None] + xg[:, None, :] * mins.double()[None]).sum(-1)
 
 
-def int8_q8_reference(x, q, scales, block):
+def int8_q8_reference(x, q, scales, block, qmax=127):
     m, k = x.shape
-    qx, d = quantize_reference(x, block)
+    qx, d = quantize_reference(x, block, qmax)
     blk = torch.einsum("mbc,nbc->mnb", qx.view(m, -1, block), q.long().view(q.shape[0], -1, block))
     scaled = blk.double() * d.double()[:, None, :]
     per_group = k // scales.shape[1] // block
@@ -66,14 +66,18 @@ def test_int4_q8_matches_integer_reference(m, n, k, group):
 @pytest.mark.parametrize(
     ("m", "n", "k", "group"), [(1, 70, 100, 100), (5, 130, 64, 32), (8, 50, 96, 96), (2, 64, 128, 64)]
 )
-def test_int8_q8_matches_integer_reference(m, n, k, group):
+@pytest.mark.parametrize("bits", [8, 16])
+def test_int8_q8_matches_integer_reference(m, n, k, group, bits):
     g = torch.Generator().manual_seed(m + n + k)
     q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     scales = torch.rand(n, k // group, generator=g) * 0.01
     x = torch.randn(m, k, generator=g) * 3
-    out = q8.int8_matmul_q8(x, *nq.repack_int8(q, scales), n)
-    expected = int8_q8_reference(x, q, scales, q8.act_block(group)).float()
+    out = q8.int8_matmul_q8(x, *nq.repack_int8(q, scales), n, bits)
+    expected = int8_q8_reference(x, q, scales, q8.act_block(group), 127 if bits == 8 else 32767).float()
     torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
+    float_math = x.double() @ (q.double() * scales.double().repeat_interleave(group, 1)).T
+    error = ((out.double() - float_math).norm() / float_math.norm()).item()
+    assert error < 1e-4 if bits == 16 else error > 1e-3  # int16 activations are near float32; int8 ones are not
 
 
 def test_threaded_and_serial_drivers_are_bit_identical_and_rows_batch_invariant():
@@ -85,7 +89,7 @@ def test_threaded_and_serial_drivers_are_bit_identical_and_rows_batch_invariant(
     x = torch.randn(m, k, generator=g)
     xq = np.empty((m, k), np.int8)
     xd, xs = np.empty((m, 4), np.float32), np.empty((m, 4), np.float32)
-    q8.quantize_rows(x.numpy(), 32, xq, xd, xs)
+    q8.quantize_rows(x.numpy(), 32, np.float32(127), xq, xd, xs)
     outs = [np.empty((m, n), np.float32) for _ in range(4)]
     q8.int4_q8_serial(xq, xd, xs, w.numpy(), s.numpy(), mn.numpy(), outs[0])
     q8.int4_q8_parallel(xq, xd, xs, w.numpy(), s.numpy(), mn.numpy(), outs[1])
@@ -102,3 +106,6 @@ def test_bad_shapes_are_kernel_errors():
         q8.int4_matmul_q8(torch.ones(2, 30), w, s, mn, 64)
     with pytest.raises(KernelError, match="output rows exceed"):
         q8.int4_matmul_q8(torch.ones(2, 32), w, s, mn, 65)
+    w8, s8 = nq.repack_int8(torch.ones(64, 520, dtype=torch.int8), torch.ones(64))  # one block of 520 values
+    with pytest.raises(KernelError, match="at most 512"):
+        q8.int8_matmul_q8(torch.ones(1, 520), w8, s8, 64, bits=16)

@@ -28,6 +28,7 @@ def test_dtype_auto_takes_int8_activations_and_native_bf16_float32_does_not(int4
     logits_side = [m for name, m in quantized.items() if isinstance(m, QuantEmbedding) or name == "lm_head"]
     assert logits_side  # the embedding / logits layer keeps float32 math
     assert not any(m.tiled.int8_activations or m.tiled.bf16_gemm for m in logits_side)
+    assert all(m.tiled.int16_activations == fast for m in logits_side)  # int8 weights: near-float32 int16 path
 
 
 def test_torch_backend_keeps_the_checkpoint_layout(int4_dir):
