@@ -36,6 +36,10 @@ from rusteeze.kernels import numba_q8_matmul as q8
 from rusteeze.kernels import numba_quant_matmul as nq
 
 NUMBA_MAX_TOKENS = 8  # from 9 rows, dequantize + torch GEMM is faster
+# The logits layer with int16 activations keeps the integer kernel up to here: dequantizing a
+# 49152×576 vocabulary writes 113 MB per call (SmolLM2, 1 thread, busy machine: 16 rows 74 ms in
+# the kernel against 123 ms dequantize + GEMM; 64 rows 315 against 227).
+INT16_MAX_TOKENS = 32
 
 
 @functools.cache
@@ -110,7 +114,7 @@ class TiledInt8:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] → [T, N] float32."""
-        if x.shape[0] <= NUMBA_MAX_TOKENS:
+        if x.shape[0] <= (INT16_MAX_TOKENS if self.int16_activations else NUMBA_MAX_TOKENS):
             if self.int8_activations or self.int16_activations:
                 bits = 8 if self.int8_activations else 16
                 return q8.int8_matmul_q8(x, self.weight, self.scales, self.out_features, bits)

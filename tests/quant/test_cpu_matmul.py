@@ -102,6 +102,12 @@ def test_int8_activations_take_the_integer_kernel_only_for_kernel_sized_calls():
     q = torch.randint(-127, 128, (96, 128), dtype=torch.int8)
     i8 = cpu_matmul.TiledInt8.from_int8(q, torch.rand(96, 4), int8_activations=True)
     assert torch.equal(i8.matmul(small), numba_q8_matmul.int8_matmul_q8(small, i8.weight, i8.scales, 96))
+    logits = cpu_matmul.TiledInt8.from_int8(q, torch.rand(96, 4), int16_activations=True)
+    rows = torch.randn(cpu_matmul.INT16_MAX_TOKENS, 128)
+    assert torch.equal(logits.matmul(rows), numba_q8_matmul.int8_matmul_q8(rows, logits.weight, logits.scales, 96, 16))
+    more = torch.randn(cpu_matmul.INT16_MAX_TOKENS + 1, 128)
+    plain = cpu_matmul.TiledInt8(logits.weight, logits.scales, 96)
+    assert torch.equal(logits.matmul(more), plain.matmul(more))  # beyond: dequantize + float32 GEMM
 
 
 def test_bf16_gemm_rounds_weight_and_input_to_bfloat16_for_large_calls():
