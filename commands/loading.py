@@ -14,7 +14,7 @@ from rich.text import Text
 from rusteeze.commands.common import stderr_console
 from rusteeze.commands.options import as_flags
 from rusteeze.config import EngineConfig
-from rusteeze.engine.describe import quantized_as
+from rusteeze.engine.describe import activation_dtype, quantized_as
 from rusteeze.engine.engine import Engine
 from rusteeze.engine.kv_budget import check_usable
 from rusteeze.errors import ConfigError
@@ -58,7 +58,6 @@ def load_engine(config: EngineConfig) -> tuple[Engine, ResolvedModel]:
 def load_line(resolved: ResolvedModel, engine: Engine, seconds: float) -> str:
     """`Loaded NAME from SOURCE in 1.2 s (cpu, float32)`, or `(cpu, int4 weights, float32 activations)`."""
     loaded = engine.loaded
-    dtype = str(loaded.dtype).removeprefix("torch.")
     quant = quantized_as(loaded.model)
-    how = f"{quant} weights, {dtype} activations" if quant else dtype
+    how = f"{quant} weights, {activation_dtype(loaded)} activations" if quant else activation_dtype(loaded)
     return f"Loaded {resolved.name} from {resolved.source} in {seconds:.1f} s ({loaded.device}, {how})"

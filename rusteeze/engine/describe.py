@@ -46,10 +46,17 @@ def compute_path(engine: Any) -> str:
     kernels = {"triton": "Triton kernels", "numba": "Numba kernels", "torch": "torch ops"}.get(runs, runs)
     if runs != "numba" and any(isinstance(m, QuantLinear) and m.tiled is not None for m in loaded.model.modules()):
         kernels += " with Numba int4/int8 matmuls"
+    return f"{device}, {activation_dtype(loaded)} activations, {kernels} (kernel backend {asked})"
+
+
+def activation_dtype(loaded: Any) -> str:
+    """The activations' dtype: "float32", or "float32 (int8 in decode matmuls)" under dtype "auto" on CPU."""
+    from rusteeze.quant.layers import QuantLinear
+
     dtype = str(loaded.dtype).removeprefix("torch.")
     if any(getattr(m.tiled, "int8_activations", False) for m in loaded.model.modules() if isinstance(m, QuantLinear)):
         dtype += " (int8 in decode matmuls)"  # dtype "auto": decode-sized quantized matmuls quantize x to int8
-    return f"{device}, {dtype} activations, {kernels} (kernel backend {asked})"
+    return dtype
 
 
 def quantized_as(model: nn.Module) -> str | None:
