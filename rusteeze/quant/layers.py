@@ -119,13 +119,22 @@ def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
         setattr(parent, child, new)
 
 
+# int8 activations in the decoder layers' decode-sized calls: off. With them SmolLM2 answered
+# "What is the capital of France?" with "L'Étoile, la Marseillaise, …" whenever the prompt's tail went
+# through decode-sized steps (a prefix-cache hit, every second chat turn, chunks of <= 8 tokens), while
+# bf16 prefill and float32 decode answer "… Paris.". Until the int8 path is as accurate as llama.cpp's,
+# dtype "auto" keeps float32 activations there (the kernels stay tested; tests switch this on).
+INT8_DECODE_ACTIVATIONS = False
+
+
 def prepare_quantized(model: nn.Module, kernel_backend: str, int8_activations: bool = False) -> None:
     """After loading: move CPU quantized layers onto the Numba kernels (the "numba" backend).
 
     ``int8_activations`` (the loader sets it for ``dtype="auto"``): the decoder
-    layers' decode-sized calls quantize activations to int8 and use integer dot
-    products, as llama.cpp, and their larger calls (prefill, batches) multiply in
-    bfloat16 where the CPU has it natively (``cpu_matmul.native_bf16``); False
+    layers' larger calls (prefill, batches) multiply in bfloat16 where the CPU has
+    it natively (``cpu_matmul.native_bf16``), and, only with
+    ``INT8_DECODE_ACTIVATIONS``, their decode-sized calls quantize activations to
+    int8 and use integer dot products, as llama.cpp; False
     keeps float32 math everywhere (``dtype="float32"``). The logits layer (a tied
     embedding or ``lm_head``) takes int16 activations instead (int8 weights; near
     float32) and float32 GEMMs: with int8 activations SmolLM2's greedy answers
@@ -138,5 +147,6 @@ def prepare_quantized(model: nn.Module, kernel_backend: str, int8_activations: b
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear) and next(module.buffers()).device.type == "cpu":
             logits_layer = isinstance(module, QuantEmbedding) or name == "lm_head"
-            fast = int8_activations and not logits_layer
-            module.prepare_cpu(fast, fast and cpu_matmul.native_bf16(), int8_activations and logits_layer)
+            reduced = int8_activations and not logits_layer
+            int8 = reduced and INT8_DECODE_ACTIVATIONS
+            module.prepare_cpu(int8, reduced and cpu_matmul.native_bf16(), int8_activations and logits_layer)

@@ -8,6 +8,7 @@ from rusteeze.errors import KernelError
 from rusteeze.kernels import numba_decoder
 from rusteeze.loader.model_loader import load_model_from_path
 from rusteeze.models.attention import AttentionMetadata
+from rusteeze.quant import layers as quant_layers
 from rusteeze.quant.config import QuantConfig
 from rusteeze.quant.convert import quantize_model
 
@@ -142,8 +143,9 @@ def test_fused_rows_are_batch_invariant(tiny_model_dirs, tmp_path):
     assert torch.equal(batch[0], alone[0])
 
 
-def test_smollm2_default_dtype_runs_int8_activations_and_answers(smollm2_gguf_path):
-    """dtype "auto" quantizes decode activations to int8 (as llama.cpp); greedy answers stay right."""
+def test_smollm2_int8_decode_activations_answer(smollm2_gguf_path, monkeypatch):
+    """With int8 decode activations on (as llama.cpp), greedy answers of a whole-prompt prefill stay right."""
+    monkeypatch.setattr(quant_layers, "INT8_DECODE_ACTIVATIONS", True)
     loaded = load_model_from_path(smollm2_gguf_path, kernel_backend="numba")
     model, tok = loaded.model, loaded.tokenizer
     questions = {"What is the capital of France?": "Paris", "What color is the sky on a clear day?": "blue",
@@ -155,3 +157,13 @@ def test_smollm2_default_dtype_runs_int8_activations_and_answers(smollm2_gguf_pa
     assert not model.embed_tokens.tiled.int8_activations  # the logits layer keeps float32 activations
     for answer, ids in zip(questions.values(), got, strict=True):
         assert answer in tok.decode(ids), tok.decode(ids)
+
+
+def test_smollm2_default_path_answers_when_the_prompt_is_read_in_decode_sized_steps(smollm2_gguf_path):
+    """The prompt's tail read in steps of <= 8 tokens (prefix-cache hits, every later chat turn) answers
+    as a whole-prompt prefill does: int8 decode activations answered "L'Étoile, la Marseillaise" here."""
+    from rusteeze import LLM, SamplingParams
+
+    llm = LLM(smollm2_gguf_path, enable_prefix_caching=False, max_num_batched_tokens=8, max_num_seqs=1)
+    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}], SamplingParams(temperature=0))
+    assert "Paris" in out[0].outputs[0].text, out[0].outputs[0].text
