@@ -11,9 +11,10 @@ a margin above ``MARGIN`` is a bug, a smaller one a near-tie (accepted).
 
 ``MARGIN`` holds where every path computes in float32 (``dtype="float32"``).
 The default ``dtype="auto"`` is not batch-invariant on CPU: steps of up to 8
-tokens quantize activations to int8 (llama.cpp's Q8 path) and bigger ones run
-bf16 GEMMs where the CPU has them, so a token's logits depend on how many
-tokens shared its step; there ``REDUCED_MARGIN`` separates rounding from bugs.
+tokens run the float32 decode kernels and bigger ones bf16 GEMMs where the CPU
+has them (int8 decode activations too, when switched on), so a token's logits
+depend on how many tokens shared its step; there ``REDUCED_MARGIN`` separates
+rounding from bugs.
 """
 
 from __future__ import annotations
