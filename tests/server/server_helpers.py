@@ -78,3 +78,29 @@ def live_server(app: ServerApp):
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
+
+
+@contextlib.contextmanager
+def live_model_server(model: str, name: str, one_torch_thread: bool = False, **engine_kw):
+    """Serve ``model`` (a path) as ``name`` on a live uvicorn server; yields (base URL, app).
+
+    ``engine_kw`` are EngineConfig fields (device is the CPU); ``one_torch_thread``
+    runs the engine on one torch thread for the block (restored after).
+    """
+    import torch
+
+    from rusteeze.config import EngineConfig
+    from rusteeze.engine.engine import Engine
+    from rusteeze.server.app import create_app
+    from rusteeze.server.settings import ServerSettings
+
+    config = EngineConfig(model=model, device="cpu", **engine_kw)
+    app = create_app(ServerSettings(), lambda: Engine(config), name)
+    before = torch.get_num_threads()
+    if one_torch_thread:
+        torch.set_num_threads(1)
+    try:
+        with live_server(app) as base:
+            yield base, app
+    finally:
+        torch.set_num_threads(before)

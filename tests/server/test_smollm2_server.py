@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from server_helpers import live_server
+from server_helpers import live_model_server
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -14,20 +14,9 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def url(smollm2_gguf_path):
-    import torch
-
-    from rusteeze.config import EngineConfig
-    from rusteeze.engine.engine import Engine
-    from rusteeze.server.app import create_app
-    from rusteeze.server.settings import ServerSettings
-
-    config = EngineConfig(model=smollm2_gguf_path, device="cpu", kernel_backend="torch", max_model_len=512)
-    app = create_app(ServerSettings(), lambda: Engine(config), NAME)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with live_server(app) as base:
+    kw = {"kernel_backend": "torch", "max_model_len": 512}
+    with live_model_server(smollm2_gguf_path, NAME, one_torch_thread=True, **kw) as (base, _app):
         yield base
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

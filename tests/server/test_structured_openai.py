@@ -4,7 +4,7 @@ import json
 
 import jsonschema
 import pytest
-from server_helpers import live_server
+from server_helpers import live_model_server
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -21,14 +21,11 @@ ASK = [{"role": "user", "content": "Where is the Eiffel Tower? Answer in JSON."}
 
 @pytest.fixture(scope="module")
 def client(smollm2_gguf_path):
-    from rusteeze.config import EngineConfig
-    from rusteeze.engine.engine import Engine
-    from rusteeze.server.app import create_app
-    from rusteeze.server.settings import ServerSettings
-
-    config = EngineConfig(model=smollm2_gguf_path, device="cpu", max_model_len=512, kv_cache_memory="64MiB")
-    app = create_app(ServerSettings(), lambda: Engine(config), NAME)
-    with live_server(app) as base, openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0) as c:
+    kw = {"max_model_len": 512, "kv_cache_memory": "64MiB"}
+    with (
+        live_model_server(smollm2_gguf_path, NAME, **kw) as (base, _app),
+        openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0) as c,
+    ):
         yield c
 
 

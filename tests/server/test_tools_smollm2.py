@@ -4,7 +4,7 @@ import json
 
 import jsonschema
 import pytest
-from server_helpers import live_server
+from server_helpers import live_model_server
 from tool_templates import HISTORY, TIME_TOOL, WEATHER_TOOL
 
 openai = pytest.importorskip("openai")
@@ -17,14 +17,11 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER_
 
 @pytest.fixture(scope="module")
 def client(smollm2_gguf_path):
-    from rusteeze.config import EngineConfig
-    from rusteeze.engine.engine import Engine
-    from rusteeze.server.app import create_app
-    from rusteeze.server.settings import ServerSettings
-
-    config = EngineConfig(model=smollm2_gguf_path, device="cpu", max_model_len=1024, kv_cache_memory="64MiB")
-    app = create_app(ServerSettings(), lambda: Engine(config), NAME)
-    with live_server(app) as url, openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0) as c:
+    kw = {"max_model_len": 1024, "kv_cache_memory": "64MiB"}
+    with (
+        live_model_server(smollm2_gguf_path, NAME, **kw) as (url, app),
+        openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0) as c,
+    ):
         yield c
         manager = app.state.engine.block_manager
         assert manager.num_free_blocks == manager.num_blocks

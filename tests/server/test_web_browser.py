@@ -21,7 +21,7 @@ from browser_helpers import (
     set_viewport,
     start_chromium,
 )
-from server_helpers import MODEL, live_server
+from server_helpers import MODEL, live_model_server, live_server
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
 from selenium.common.exceptions import StaleElementReferenceException
@@ -48,21 +48,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_gguf_path):
-    import torch
-
-    from rusteeze.config import EngineConfig
-    from rusteeze.engine.engine import Engine
-    from rusteeze.server.app import create_app
-    from rusteeze.server.settings import ServerSettings
-
-    config = EngineConfig(model=smollm2_gguf_path, device="cpu", kernel_backend="torch", max_model_len=512)
-    app = create_app(ServerSettings(), lambda: Engine(config), SMOLLM2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with live_server(app) as base:
+    kw = {"kernel_backend": "torch", "max_model_len": 512}
+    with live_model_server(smollm2_gguf_path, SMOLLM2, one_torch_thread=True, **kw) as (base, app):
         yield base, app
-    assert_all_blocks_free(app)
-    torch.set_num_threads(before)
+        assert_all_blocks_free(app)
 
 
 @pytest.fixture
