@@ -10,7 +10,7 @@ random token ids, ``output_len`` new tokens each, all submitted at once;
 (2) single-stream decode tokens/s (one prompt, after its first token);
 (3) the time to prefill one 1024-token prompt. Every engine runs the same
 GGUF: ``rusteeze`` is the default path: Q4_1/Q8_0 loaded directly into its
-int4/int8 layers, ``dtype="auto"`` (decode matmuls on int8-quantized activations as
+int4/int8 layers, ``dtype="auto"`` (decode matmuls on int16-quantized activations, integer dot products as
 llama.cpp, prefill and batch GEMMs in bfloat16 where the CPU has it natively);
 ``rusteeze-q4-f32`` is the same weights with ``dtype="float32"`` (float32 math);
 ``rusteeze-f32`` (``gguf_direct=False``) and transformers dequantize it to float32,

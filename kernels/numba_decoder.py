@@ -17,8 +17,8 @@ path uses torch's GEMM): results differ only by float32 summation order.
 
 Each linear is handed over as one :data:`LinearArgs` tuple ``(kind, w4, s4,
 m4, w8, s8, wf, bias)``: ``kind`` selects int4 tiles (``w4``/``s4``/``m4``),
-int8 tiles (``w8``/``s8``), each with float32 or int8-quantized activations
-(``numba_q8_matmul``, dtype "auto"), or a float32 ``[N, K]`` weight (``wf``); the unused
+int8 tiles (``w8``/``s8``), each with float32 activations or activations
+quantized to int16 per block (``numba_q8_matmul``; dtype "auto"), or a float32 ``[N, K]`` weight (``wf``); the unused
 arrays are empty, so every layer, whatever its formats, runs the one compiled
 signature. Rows run in the calling thread, each in a fixed order that does not
 depend on the other rows (batch invariant, as the per-op kernels).
@@ -52,8 +52,8 @@ from rusteeze.kernels.numba_rotary_kv import _bad_positions, _bad_slots, _rotate
 KIND_INT4 = 0
 KIND_INT8 = 1
 KIND_F32 = 2
-KIND_INT4_Q8 = 3  # int4 tiles, activations quantized to int8 (numba_q8_matmul; dtype "auto")
-KIND_INT8_Q8 = 4  # int8 tiles, activations quantized to int8
+KIND_INT4_Q16 = 3  # int4 tiles, activations quantized to int16 (numba_q8_matmul; dtype "auto")
+KIND_INT8_Q16 = 4  # int8 tiles, activations quantized to int16
 _NO_TORCH = 1 << 30  # the attention's torch_min_q: never hand a sequence to torch (callers keep q_len small)
 
 MAX_QUERY_TOKENS = TORCH_PREFILL_MIN_Q - 1  # per sequence: the attention stays in Numba
@@ -90,6 +90,31 @@ def _f32_rows(x, w, out):
 
 
 @numba.njit(**JIT)
+def _quantized_linear(x, int4, lin, threaded):
+    """x [T, K] float32 → [T, N/R · R] float32 through int4 (``int4``) or int8 tiles, x quantized to int16 per block."""
+    _, w4, s4, m4, w8, s8, _, _ = lin
+    t_count, k = x.shape
+    block = act_block(k // (s4.shape[1] if int4 else s8.shape[1]))
+    xq = np.empty((t_count, k), np.int16)  # x quantized per block: values xq, scale d, d · Σ q
+    xd = np.empty((t_count, k // block), np.float32)
+    xs = np.empty((t_count, k // block), np.float32)
+    quantize_rows(x, block, np.float32(32767), xq, xd, xs)
+    if int4:
+        pad = np.empty((t_count, w4.shape[0] * TILE), np.float32)
+        if threaded:
+            int4_q8_parallel(xq, xd, xs, w4, s4, m4, pad)
+        else:
+            int4_q8_serial(xq, xd, xs, w4, s4, m4, pad)
+    else:
+        pad = np.empty((t_count, w8.shape[0] * TILE), np.float32)
+        if threaded:
+            int8_q8_parallel(xq, xd, w8, s8, pad)
+        else:
+            int8_q8_serial(xq, xd, w8, s8, pad)
+    return pad
+
+
+@numba.njit(**JIT)
 def _linear(x, lin, n):
     """x [T, K] float32 contiguous → [T, n] float32 contiguous, through the weight ``lin`` (see LinearArgs)."""
     kind, w4, s4, m4, w8, s8, wf, bias = lin
@@ -107,25 +132,8 @@ def _linear(x, lin, n):
             _int8_parallel(x, w8, s8, pad)
         else:
             _int8_serial(x, w8, s8, pad)
-    elif kind >= KIND_INT4_Q8:  # KIND_INT4_Q8 or KIND_INT8_Q8: activations quantized to int8
-        k = x.shape[1]
-        block = act_block(k // (s4.shape[1] if kind == KIND_INT4_Q8 else s8.shape[1]))
-        xq = np.empty((t_count, k), np.int8)  # x quantized per block: int8 values, scale d, d · Σ q
-        xd = np.empty((t_count, k // block), np.float32)
-        xs = np.empty((t_count, k // block), np.float32)
-        quantize_rows(x, block, np.float32(127), xq, xd, xs)
-        if kind == KIND_INT4_Q8:
-            pad = np.empty((t_count, w4.shape[0] * TILE), np.float32)
-            if threaded:
-                int4_q8_parallel(xq, xd, xs, w4, s4, m4, pad)
-            else:
-                int4_q8_serial(xq, xd, xs, w4, s4, m4, pad)
-        else:
-            pad = np.empty((t_count, w8.shape[0] * TILE), np.float32)
-            if threaded:
-                int8_q8_parallel(xq, xd, w8, s8, pad)
-            else:
-                int8_q8_serial(xq, xd, w8, s8, pad)
+    elif kind in (KIND_INT4_Q16, KIND_INT8_Q16):
+        pad = _quantized_linear(x, kind == KIND_INT4_Q16, lin, threaded)
     else:
         pad = np.empty((t_count, n), np.float32)
         _f32_rows(x, wf, pad)
@@ -249,12 +257,14 @@ def linear_args(module: torch.nn.Module) -> tuple | None:
     tiled = getattr(module, "tiled", None)
     if tiled is not None:
         w = tiled.weight.numpy()
-        q8 = tiled.int8_activations
-        if w.dtype == np.uint8:
-            s, mn = tiled.scales.numpy(), tiled.mins.numpy()
-            return (KIND_INT4_Q8 if q8 else KIND_INT4, w, s, mn, _EMPTY_I8, _EMPTY_F3, _EMPTY_F2, b)
-        s8 = tiled.scales.numpy()
-        return (KIND_INT8_Q8 if q8 else KIND_INT8, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, w, s8, _EMPTY_F2, b)
+        int4 = w.dtype == np.uint8
+        if tiled.activation_bits not in (0, 16):
+            return None  # the fused layer takes float32 or int16 activations
+        q16 = tiled.activation_bits == 16
+        kind = (KIND_INT4_Q16 if q16 else KIND_INT4) if int4 else (KIND_INT8_Q16 if q16 else KIND_INT8)
+        if int4:
+            return (kind, w, tiled.scales.numpy(), tiled.mins.numpy(), _EMPTY_I8, _EMPTY_F3, _EMPTY_F2, b)
+        return (kind, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, w, tiled.scales.numpy(), _EMPTY_F2, b)
     weight = getattr(module, "weight", None)
     if (
         isinstance(module, torch.nn.Linear)

@@ -1,31 +1,40 @@
-"""Numba CPU kernels for quantized matmul with int8 activations: integer dot products, as llama.cpp's q8 path.
+"""Numba CPU kernels for quantized matmul with integer activations: integer dot products, as llama.cpp's q8 path.
 
 The weights are :mod:`numba_quant_matmul`'s row tiles (int4 ``w [N/R, K/2, R]``
 uint8 or int8 ``w [N/R, K, R]``, group scales/mins ``[N/R, K/G, R]``). The
 activations ``x [M, K]`` float32 are quantized once per call, per block of
 ``B`` values (``B = 32`` when it divides the weight's group size ``G``, else
-``B = G``), to int8 with one float32 scale ``d = max|x| / 127`` per block
-(round half to even), like llama.cpp's ``q8`` blocks:
+``B = G``), to int16 (``bits=16``, ``d = max|x| / 32767``) or int8 (``bits=8``,
+``d = max|x| / 127``, llama.cpp's ``q8`` blocks), one float32 scale per block,
+round half to even:
 
-    xq [M, K] int8, xd [M, K/B] float32 (d), xs [M, K/B] float32 (d · Σ xq)
+    xq [M, K] int16 | int8, xd [M, K/B] float32 (d), xs [M, K/B] float32 (d · Σ xq)
 
 Per weight group and activation block, the 64 lanes of a tile (one per output
-row) accumulate ``Σ q_w · q_x`` in int32 (nibble × int8 ≤ 1905 per product, so
-no overflow for any K), then the block adds ``d · sum`` in float32, and the
-group adds ``scale · part + min · Σ xs`` (the asymmetric min folds out of the
-inner loop: it only needs the block sums of x). The inner loop runs across the
-R = 64 rows of a tile on integer vectors; LLVM turns the int4 pair
-``lo·x0 + hi·x1`` into 16-bit dot products (``vpdpwssd`` with AVX512-VNNI,
-``vpmaddwd`` on AVX2), and the int8 kernel walks column pairs to get the same.
-Measured on SmolLM2's shapes (AVX-512 EPYC, 1 thread, GMAC/s, float32 kernel →
-this one): int4 3072×576 8.4 → 15.6, 576×1536 8.4 → 14.4; int8 49152×576
-12.3 → 15.1.
+row) accumulate ``Σ q_w · q_x`` in int32 (int4 × int16 ≤ 491 505 and int8 ×
+int16 ≤ 4 161 409 per product: blocks of at most ``INT16_MAX_BLOCK`` values keep
+the sum inside int32), then the block adds ``d · sum`` in float32, and the group
+adds ``scale · part + min · Σ xs`` (the asymmetric min folds out of the inner
+loop: it only needs the block sums of x). The inner loop runs across the R = 64
+rows of a tile on integer vectors; LLVM turns the int4 pair ``lo·x0 + hi·x1``
+into 16-bit dot products (``vpdpwssd`` with AVX512-VNNI, ``vpmaddwd`` on AVX2),
+and the int8 kernel walks column pairs to get the same — so int16 activations
+cost about what int8 ones do.
+
+Why int16 is the default (``dtype="auto"``): with int8 activations SmolLM2
+Q4_1 answers "What is the capital of France?" with "L'Étoile, la Marseillaise,
+…" — and so does llama.cpp's own ``llama-simple`` on the same GGUF (its Q8_1
+activations, same tokens) — while float32 answers "… Paris."; int16 activations
+answer as float32 does (a torch simulation of either rounding gives the same
+answers, so the kernels are not at fault). Measured on SmolLM2's shapes
+(AVX-512 EPYC, 1 thread, one row): int4 3072×576 float32 kernel ~210 µs, int8
+activations 83 µs, int16 96 µs (1.13-1.15× int8 at 1-8 rows).
 
 Every output row is computed in a fixed order that does not depend on the
 batch size or the other rows (each row's activations are quantized on their
 own): batch invariant bit for bit; the serial and parallel drivers run the same
 tile code, so they agree bit for bit as well. This changes the math (x is
-rounded to 8 bits, relative error ~0.4 % per value): it is used only under
+rounded to 16 bits, relative error ~2e-5 per block maximum): it is used only under
 ``dtype="auto"`` (see :mod:`rusteeze.quant.cpu_matmul`); ``dtype="float32"``
 keeps the float32-activation kernels.
 """
@@ -40,6 +49,7 @@ from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
 
 ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight's group size
 INT16_MAX_BLOCK = 512  # int16 activations × int8 weights: 512 · 127 · 32767 < 2^31, no int32 overflow
+ACT_BITS = (8, 16)  # activation widths the kernels take
 
 
 @numba.njit(**JIT)
@@ -73,7 +83,7 @@ def quantize_rows(x, block, qmax, xq, xd, xs):  # pragma: no cover - compiled
 
 @numba.njit(**JIT)
 def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - compiled
-    # One tile t: xq [M, K] i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
+    # One tile t: xq [M, K] i16 or i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
     m_count = xq.shape[0]
     r = w.shape[2]
     groups = scales.shape[1]
@@ -107,7 +117,7 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
 
 @numba.njit(**JIT)
 def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
-    # One tile t: xq [M, K] i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32
+    # One tile t: xq [M, K] i16 or i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32
     m_count = xq.shape[0]
     r = w.shape[2]
     groups = scales.shape[1]
@@ -171,7 +181,11 @@ def int8_q8_parallel(xq, xd, w, scales, out):  # pragma: no cover - compiled
         _int8_q8_tile(xq, xd, w, scales, out, t)
 
 
-def _quantized(x: torch.Tensor, w: torch.Tensor, k: int, n: int, group: int, bits: int = 8) -> tuple:
+def _quantized(x: torch.Tensor, w: torch.Tensor, k: int, n: int, group: int, bits: int) -> tuple:
+    if bits not in ACT_BITS:
+        raise KernelError(f"quantized activations are int8 or int16, got bits={bits}")
+    if bits == 16 and act_block(group) > INT16_MAX_BLOCK:
+        raise KernelError(f"int16 activations need blocks of at most {INT16_MAX_BLOCK} values (int32 sums)")
     if x.dim() != 2 or x.shape[1] != k:
         raise KernelError(f"quantized matmul: x must be [T, {k}], got {tuple(x.shape)}")
     if x.device.type != "cpu" or w.device.type != "cpu":
@@ -187,32 +201,34 @@ def _quantized(x: torch.Tensor, w: torch.Tensor, k: int, n: int, group: int, bit
     return xq, xd, xsum
 
 
-def int4_matmul_q8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int) -> torch.Tensor:
-    """x [T, K] → [T, N] float32: ``q8(x) @ W.T``, W held by ``numba_quant_matmul.repack_int4``'s tiles.
+def int4_matmul_q8(
+    x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int, bits: int = 16
+) -> torch.Tensor:
+    """x [T, K] → [T, N] float32: ``q(x) @ W.T``, W held by ``numba_quant_matmul.repack_int4``'s tiles.
+
+    ``bits``: x quantized to int16 (default; near float32) or int8 (llama.cpp's q8) per block.
 
     Raises:
-        KernelError: wrong shapes or devices.
+        KernelError: wrong shapes, devices or bits.
     """
     k = w.shape[1] * 2
-    xq, xd, xs = _quantized(x, w, k, n, k // scales.shape[1])
+    xq, xd, xs = _quantized(x, w, k, n, k // scales.shape[1], bits)
     out = np.empty((xq.shape[0], w.shape[0] * TILE), np.float32)
     kernel = int4_q8_parallel if xq.shape[0] * n * k >= PARALLEL_MIN_MACS else int4_q8_serial
     kernel(xq, xd, xs, w.numpy(), scales.numpy(), mins.numpy(), out)
     return torch.from_numpy(out)[:, :n]
 
 
-def int8_matmul_q8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int, bits: int = 8) -> torch.Tensor:
-    """x [T, K] → [T, N] float32: ``q8(x) @ W.T``, W held by ``numba_quant_matmul.repack_int8``'s tiles.
+def int8_matmul_q8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int, bits: int = 16) -> torch.Tensor:
+    """x [T, K] → [T, N] float32: ``q(x) @ W.T``, W held by ``numba_quant_matmul.repack_int8``'s tiles.
 
-    ``bits=16`` quantizes x to int16 instead (relative error ~2e-5 per value, near float32; the
-    logits layer's choice): int8 × int16 products still pair into 16-bit dot products.
+    ``bits``: x quantized to int16 (default; near float32) or int8 (llama.cpp's q8) per block;
+    int8 × int16 products still pair into 16-bit dot products.
 
     Raises:
-        KernelError: wrong shapes or devices.
+        KernelError: wrong shapes, devices or bits.
     """
     k = w.shape[1]
-    if bits == 16 and act_block(k // scales.shape[1]) > INT16_MAX_BLOCK:
-        raise KernelError(f"int16 activations need blocks of at most {INT16_MAX_BLOCK} values (int32 sums)")
     xq, xd, _ = _quantized(x, w, k, n, k // scales.shape[1], bits)
     out = np.empty((xq.shape[0], w.shape[0] * TILE), np.float32)
     kernel = int8_q8_parallel if xq.shape[0] * n * k >= PARALLEL_MIN_MACS else int8_q8_serial

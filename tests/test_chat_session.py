@@ -156,7 +156,8 @@ def test_show_tells_int4_weights_from_float32_activations(smollm2_gguf_path):
     assert lines[2:5] == [
         "Arch        LlamaForCausalLM, context 1456 tokens",
         "Weights     int4 (group 32) linear layers, int8 embedding (group 32), float32 norms",
-        "Compute     cpu, float32 activations, Numba kernels (kernel backend auto)",
+        "Compute     cpu, float32 activations, Numba kernels (kernel backend auto), "
+        "int16-rounded inputs in decode matmuls",
     ]
     floats = ChatSession(Engine(config.replace(gguf_direct=False, kernel_backend="torch")), ChatSettings())
     assert floats.command("/show").text.splitlines()[3:5] == [

@@ -44,19 +44,18 @@ def compute_path(engine: Any) -> str:
     if runs == "auto":
         runs = "triton" if device.type == "cuda" else "torch"
     kernels = {"triton": "Triton kernels", "numba": "Numba kernels", "torch": "torch ops"}.get(runs, runs)
-    if runs != "numba" and any(isinstance(m, QuantLinear) and m.tiled is not None for m in loaded.model.modules()):
+    tiled = [m.tiled for m in loaded.model.modules() if isinstance(m, QuantLinear) and m.tiled is not None]
+    if runs != "numba" and tiled:
         kernels += " with Numba int4/int8 matmuls"
-    return f"{device}, {activation_dtype(loaded)} activations, {kernels} (kernel backend {asked})"
+    line = f"{device}, {activation_dtype(loaded)} activations, {kernels} (kernel backend {asked})"
+    if any(t.activation_bits for t in tiled):  # dtype "auto": decode-sized quantized matmuls round x to int16
+        line += ", int16-rounded inputs in decode matmuls"
+    return line
 
 
 def activation_dtype(loaded: Any) -> str:
-    """The activations' dtype: "float32", or "float32 (int8 in decode matmuls)" under dtype "auto" on CPU."""
-    from rusteeze.quant.layers import QuantLinear
-
-    dtype = str(loaded.dtype).removeprefix("torch.")
-    if any(getattr(m.tiled, "int8_activations", False) for m in loaded.model.modules() if isinstance(m, QuantLinear)):
-        dtype += " (int8 in decode matmuls)"  # dtype "auto": decode-sized quantized matmuls quantize x to int8
-    return dtype
+    """The activations' dtype: "float32", "bfloat16", …"""
+    return str(loaded.dtype).removeprefix("torch.")
 
 
 def quantized_as(model: nn.Module) -> str | None:

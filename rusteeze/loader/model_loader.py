@@ -135,8 +135,8 @@ def load_model_from_path(
     torch_dtype = resolve_dtype(dtype, dev, cfg.torch_dtype)
     model = build_model(cfg, get_ops(backend), torch_dtype, dev, max_positions=max_model_len, quant_plan=plan)
     load_weights(model, weights)
-    if plan:  # dtype "auto": decode-sized CPU matmuls take int8 activations (as llama.cpp); "float32": float32 math
-        prepare_quantized(model, backend, int8_activations=dtype == "auto")
+    if plan:  # dtype "auto": decode-sized CPU matmuls take int16 activations, bf16 GEMMs; "float32": float32 math
+        prepare_quantized(model, backend, reduced_precision=dtype == "auto")
     if backend == "numba":
         from rusteeze.kernels import numba_ops
 

@@ -9,14 +9,13 @@ GEMM, which is faster there (SmolLM2 gate_up 3072×576, AVX-512, 2 threads:
 4 rows 0.40 ms in the kernel; 64 rows 6.7 ms in the kernel against 3.0 ms
 dequantize + GEMM; ``benches/quant_kernels.py``).
 
-Activations: with ``int8_activations`` (set for ``dtype="auto"``, the default)
-the kernel-sized calls quantize x to int8 per block of 32 and use integer dot
-products (``rusteeze.kernels.numba_q8_matmul``), as llama.cpp does for its
-Q4/Q8 weights: ~1.8× the float32 kernel's int4 multiply-adds per second (the
-logits layer takes ``int16_activations`` instead: near-float32 accuracy, the same
-integer kernel). Without
-it (``dtype="float32"``) every path computes in float32, so ``dtype="float32"``
-means float32 math here too.
+Activations: with ``activation_bits=16`` (set for ``dtype="auto"``, the default)
+the kernel-sized calls quantize x to int16 per block of 32 and use integer dot
+products (``rusteeze.kernels.numba_q8_matmul``): ~2.2× the float32 kernel's int4
+multiply-adds per second, answers as float32 does (int8 blocks, llama.cpp's
+choice, are 13 % faster still but flip SmolLM2's answers, llama.cpp's included;
+see that module). With ``activation_bits=0`` (``dtype="float32"``) every path
+computes in float32, so ``dtype="float32"`` means float32 math here too.
 
 Large calls: with ``bf16_gemm`` (dtype "auto" on a CPU with native bf16,
 AVX512-BF16 or AMX: :func:`native_bf16`) the dequantized weight and x are
@@ -39,13 +38,20 @@ NUMBA_MAX_TOKENS = 8  # from 9 rows, dequantize + torch GEMM is faster
 # The logits layer with int16 activations keeps the integer kernel up to here: dequantizing a
 # 49152×576 vocabulary writes 113 MB per call (SmolLM2, 1 thread, busy machine: 16 rows 74 ms in
 # the kernel against 123 ms dequantize + GEMM; 64 rows 315 against 227).
-INT16_MAX_TOKENS = 32
+LOGITS_MAX_TOKENS = 32
 
 
 @functools.cache
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so torch's bf16 GEMM beats float32."""
     return bool(cpu_flags()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def _allowed_bits(bits: int, group_size: int) -> int:
+    """``bits`` (0, 8 or 16) where a weight of this group size takes them: int16 sums need blocks <= 512 values."""
+    if bits == 16 and q8.act_block(group_size) > q8.INT16_MAX_BLOCK:
+        return 0
+    return bits
 
 
 def _gemm(x: torch.Tensor, w_t: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -63,8 +69,9 @@ class TiledInt4:
     scales: torch.Tensor  # [N/R, K/G, R] float32
     mins: torch.Tensor  # [N/R, K/G, R] float32
     out_features: int  # N
-    int8_activations: bool = False  # kernel-sized calls quantize x to int8 (dtype "auto")
+    activation_bits: int = 0  # kernel-sized calls quantize x to int16 (16; dtype "auto") or keep float32 (0)
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
+    kernel_max_tokens: int = NUMBA_MAX_TOKENS  # calls up to this many rows run the Numba kernel
 
     @classmethod
     def from_packed(
@@ -72,17 +79,21 @@ class TiledInt4:
         packed: torch.Tensor,
         scales: torch.Tensor,
         mins: torch.Tensor,
-        int8_activations: bool = False,
+        activation_bits: int = 0,
         bf16_gemm: bool = False,
     ) -> "TiledInt4":
-        """packed [N, K/2] uint8, scales/mins [N, K/G] → tiles."""
-        return cls(*nq.repack_int4(packed, scales, mins), packed.shape[0], int8_activations, bf16_gemm)
+        """packed [N, K/2] uint8, scales/mins [N, K/G] → tiles (integer activations only where blocks allow)."""
+        bits = _allowed_bits(activation_bits, packed.shape[1] * 2 // scales.shape[1])
+        return cls(*nq.repack_int4(packed, scales, mins), packed.shape[0], bits, bf16_gemm)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] → [T, N] float32."""
-        if x.shape[0] <= NUMBA_MAX_TOKENS:
-            kernel = q8.int4_matmul_q8 if self.int8_activations else nq.int4_matmul
-            return kernel(x, self.weight, self.scales, self.mins, self.out_features)
+        if x.shape[0] <= self.kernel_max_tokens:
+            if self.activation_bits:
+                return q8.int4_matmul_q8(
+                    x, self.weight, self.scales, self.mins, self.out_features, self.activation_bits
+                )
+            return nq.int4_matmul(x, self.weight, self.scales, self.mins, self.out_features)
         return _gemm(x, nq.dequantize_int4_t(self.weight, self.scales, self.mins, self.out_features), self.bf16_gemm)
 
 
@@ -93,31 +104,24 @@ class TiledInt8:
     weight: torch.Tensor  # [N/R, K, R] int8
     scales: torch.Tensor  # [N/R, K/G, R] float32 (G = K: per row)
     out_features: int  # N
-    int8_activations: bool = False  # kernel-sized calls quantize x to int8 (dtype "auto")
+    activation_bits: int = 0  # kernel-sized calls quantize x to int16 (16; dtype "auto") or keep float32 (0)
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
-    int16_activations: bool = False  # kernel-sized calls quantize x to int16 (the logits layer, dtype "auto")
+    kernel_max_tokens: int = NUMBA_MAX_TOKENS  # calls up to this many rows run the Numba kernel
 
     @classmethod
     def from_int8(
-        cls,
-        q: torch.Tensor,
-        scales: torch.Tensor,
-        int8_activations: bool = False,
-        bf16_gemm: bool = False,
-        int16_activations: bool = False,
+        cls, q: torch.Tensor, scales: torch.Tensor, activation_bits: int = 0, bf16_gemm: bool = False
     ) -> "TiledInt8":
-        """q [N, K] int8, scales [N] or [N, K/G] → tiles (int16 activations only where blocks allow them)."""
-        k = q.shape[1]
+        """q [N, K] int8, scales [N] or [N, K/G] → tiles (integer activations only where blocks allow)."""
         groups = 1 if scales.dim() == 1 else scales.shape[1]
-        int16 = int16_activations and q8.act_block(k // groups) <= q8.INT16_MAX_BLOCK
-        return cls(*nq.repack_int8(q, scales), q.shape[0], int8_activations, bf16_gemm, int16)
+        bits = _allowed_bits(activation_bits, q.shape[1] // groups)
+        return cls(*nq.repack_int8(q, scales), q.shape[0], bits, bf16_gemm)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] → [T, N] float32."""
-        if x.shape[0] <= (INT16_MAX_TOKENS if self.int16_activations else NUMBA_MAX_TOKENS):
-            if self.int8_activations or self.int16_activations:
-                bits = 8 if self.int8_activations else 16
-                return q8.int8_matmul_q8(x, self.weight, self.scales, self.out_features, bits)
+        if x.shape[0] <= self.kernel_max_tokens:
+            if self.activation_bits:
+                return q8.int8_matmul_q8(x, self.weight, self.scales, self.out_features, self.activation_bits)
             return nq.int8_matmul(x, self.weight, self.scales, self.out_features)
         return _gemm(x, nq.dequantize_int8_t(self.weight, self.scales, self.out_features), self.bf16_gemm)
 

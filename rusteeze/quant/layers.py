@@ -44,26 +44,26 @@ class QuantLinear(nn.Module):
         self.tiled: cpu_matmul.TiledInt4 | cpu_matmul.TiledInt8 | None = None  # set by prepare_cpu()
 
     def prepare_cpu(
-        self, int8_activations: bool = False, bf16_gemm: bool = False, int16_activations: bool = False
+        self, activation_bits: int = 0, bf16_gemm: bool = False, kernel_max_tokens: int = cpu_matmul.NUMBA_MAX_TOKENS
     ) -> None:
         """Repack the weight into the Numba kernels' tiles and drop the checkpoint buffers (idempotent).
 
-        ``int8_activations`` / ``int16_activations`` (int8 weights only): small calls quantize
-        their input to int8 / int16; ``bf16_gemm``: large calls multiply in bfloat16 (see ``cpu_matmul``).
+        ``activation_bits`` (16 or 8; 0 keeps float32): calls of up to ``kernel_max_tokens`` rows
+        quantize their input to that many bits; ``bf16_gemm``: larger calls multiply in bfloat16
+        (see ``cpu_matmul``).
         """
         if self.tiled is not None:
             return
         empty = torch.empty(0)
         if self.method == "int8":
-            self.tiled = cpu_matmul.TiledInt8.from_int8(
-                self.weight, self.weight_scale, int8_activations, bf16_gemm, int16_activations
-            )
+            self.tiled = cpu_matmul.TiledInt8.from_int8(self.weight, self.weight_scale, activation_bits, bf16_gemm)
             self.weight, self.weight_scale = empty.to(torch.int8), empty
         else:
             self.tiled = cpu_matmul.TiledInt4.from_packed(
-                self.qweight, self.scales, self.mins, int8_activations, bf16_gemm
+                self.qweight, self.scales, self.mins, activation_bits, bf16_gemm
             )
             self.qweight, self.scales, self.mins = empty.to(torch.uint8), empty, empty
+        self.tiled.kernel_max_tokens = kernel_max_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, K] → [T, N]."""
@@ -119,34 +119,27 @@ def quantize_modules(model: nn.Module, plan: dict[str, LayerQuant]) -> None:
         setattr(parent, child, new)
 
 
-# int8 activations in the decoder layers' decode-sized calls: off. With them SmolLM2 answered
-# "What is the capital of France?" with "L'Étoile, la Marseillaise, …" whenever the prompt's tail went
-# through decode-sized steps (a prefix-cache hit, every second chat turn, chunks of <= 8 tokens), while
-# bf16 prefill and float32 decode answer "… Paris.". Until the int8 path is as accurate as llama.cpp's,
-# dtype "auto" keeps float32 activations there (the kernels stay tested; tests switch this on).
-INT8_DECODE_ACTIVATIONS = False
-
-
-def prepare_quantized(model: nn.Module, kernel_backend: str, int8_activations: bool = False) -> None:
+def prepare_quantized(model: nn.Module, kernel_backend: str, reduced_precision: bool = False) -> None:
     """After loading: move CPU quantized layers onto the Numba kernels (the "numba" backend).
 
-    ``int8_activations`` (the loader sets it for ``dtype="auto"``): the decoder
-    layers' larger calls (prefill, batches) multiply in bfloat16 where the CPU has
-    it natively (``cpu_matmul.native_bf16``), and, only with
-    ``INT8_DECODE_ACTIVATIONS``, their decode-sized calls quantize activations to
-    int8 and use integer dot products, as llama.cpp; False
-    keeps float32 math everywhere (``dtype="float32"``). The logits layer (a tied
-    embedding or ``lm_head``) takes int16 activations instead (int8 weights; near
-    float32) and float32 GEMMs: with int8 activations SmolLM2's greedy answers
-    went wrong ("What is the capital of France?" → "L'Étoile, …" instead of
-    "… Paris."). Other backends keep the checkpoint layout (the torch reference
-    ops, Triton).
+    ``reduced_precision`` (the loader sets it for ``dtype="auto"``): calls of up to
+    ``cpu_matmul.NUMBA_MAX_TOKENS`` rows (decode; the logits layer up to
+    ``LOGITS_MAX_TOKENS``) quantize activations to int16 per block and use
+    integer dot products (int8 blocks, llama.cpp's choice, flip SmolLM2's
+    answers: see ``numba_q8_matmul``), and the decoder layers' larger calls
+    (prefill, batches) multiply in bfloat16 where the CPU has it natively
+    (``cpu_matmul.native_bf16``); the logits layer (a tied embedding or
+    ``lm_head``) keeps float32 GEMMs. False keeps float32 math everywhere
+    (``dtype="float32"``). Other backends keep the checkpoint layout (the torch
+    reference ops, Triton).
     """
     if kernel_backend != "numba":
         return
+    bits = 16 if reduced_precision else 0
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear) and next(module.buffers()).device.type == "cpu":
-            logits_layer = isinstance(module, QuantEmbedding) or name == "lm_head"
-            reduced = int8_activations and not logits_layer
-            int8 = reduced and INT8_DECODE_ACTIVATIONS
-            module.prepare_cpu(int8, reduced and cpu_matmul.native_bf16(), int8_activations and logits_layer)
+            if isinstance(module, QuantEmbedding) or name == "lm_head":
+                rows = cpu_matmul.LOGITS_MAX_TOKENS if reduced_precision else cpu_matmul.NUMBA_MAX_TOKENS
+                module.prepare_cpu(bits, False, rows)
+            else:
+                module.prepare_cpu(bits, reduced_precision and cpu_matmul.native_bf16())

@@ -32,7 +32,7 @@ FAST = ["--kv-cache-memory", "8MiB", "--device", "cpu"]
 GREEDY = ["--temperature", "0", "--max-tokens", "6", *FAST]
 LOADED = re.compile(
     r"Loaded (\S+) from (.+) in \d+\.\d s "
-    r"\(cpu, (?:float32|int4 weights, float32(?: \(int8 in decode matmuls\))? activations)\)"
+    r"\(cpu, (?:float32|int4 weights, float32 activations)\)"
 )
 
 

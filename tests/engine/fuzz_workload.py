@@ -11,8 +11,8 @@ a margin above ``MARGIN`` is a bug, a smaller one a near-tie (accepted).
 
 ``MARGIN`` holds where every path computes in float32 (``dtype="float32"``).
 The default ``dtype="auto"`` is not batch-invariant on CPU: steps of up to 8
-tokens run the float32 decode kernels and bigger ones bf16 GEMMs where the CPU
-has them (int8 decode activations too, when switched on), so a token's logits
+tokens run the decode kernels on int16-rounded activations and bigger ones bf16
+GEMMs where the CPU has them, so a token's logits
 depend on how many tokens shared its step; there ``REDUCED_MARGIN`` separates
 rounding from bugs.
 """
@@ -29,7 +29,7 @@ from rusteeze.engine.kv_cache import bytes_per_block
 from rusteeze.sampling import SamplingParams
 
 MARGIN = 1e-3  # top-2 logprob gap above which a different token is a bug, not a near-tie
-REDUCED_MARGIN = 0.25  # the same under dtype "auto" (int8 activations / bf16 GEMMs beside float32)
+REDUCED_MARGIN = 0.25  # the same under dtype "auto" (int16 decode activations / bf16 GEMMs)
 MAX_MODEL_LEN = 512  # the tiny models' max_position_embeddings
 MAX_PROMPT = 420
 
