@@ -27,6 +27,7 @@ import torch
 from numba import njit, prange
 
 from rusteeze.errors import KernelError
+from rusteeze.kernels.numba_checks import JIT
 
 TILE = 64  # output rows per tile (R)
 # Smaller products run in the calling thread: a parallel region costs a thread
@@ -111,6 +112,18 @@ def _int8_parallel(x, w, scales, out):  # pragma: no cover - compiled
         _int8_tile(x, w, scales, out, t)
 
 
+# Dequantization writes W transposed, [K, NT * R]: row c holds column c of every output row, so a
+# tile's R rows land side by side (contiguous stores) and torch's GEMM reads it as the [K, N] operand.
+# Float32, or bfloat16 bits (uint16): the float32 value rounded to nearest even, as Tensor.bfloat16()
+# rounds it, in one pass (half the bytes written, no separate conversion pass).
+@njit(inline="always", **JIT)
+def _bf16_bits(u):  # pragma: no cover - compiled
+    # The bits u (uint32) of a float32 → its bfloat16 bits (uint16), rounded to nearest even; NaN stays NaN
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _int4_dequant_kernel(w, scales, mins, out):  # pragma: no cover - compiled
     # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out [K, NT * R] f32 (W transposed)
@@ -126,6 +139,28 @@ def _int4_dequant_kernel(w, scales, mins, out):  # pragma: no cover - compiled
                 out[2 * j + 1, t * r + i] = np.float32(b >> 4) * s + mn
 
 
+@njit(parallel=True, **JIT)
+def _int4_dequant_bf16_kernel(w, scales, mins, out):  # pragma: no cover - compiled
+    # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out [K, NT * R] u16: bfloat16 bits of W transposed
+    nt, half_k, r = w.shape
+    half = half_k // scales.shape[1]
+    for j in prange(half_k):
+        g = j // half
+        f = np.empty(r, np.float32)  # one tile's values of column 2j (then 2j + 1), as float32
+        u = f.view(np.uint32)
+        for t in range(nt):
+            for i in range(r):
+                f[i] = np.float32(w[t, j, i] & 15) * scales[t, g, i] + mins[t, g, i]
+            row = out[2 * j, t * r : (t + 1) * r]
+            for i in range(r):
+                row[i] = _bf16_bits(u[i])
+            for i in range(r):
+                f[i] = np.float32(w[t, j, i] >> 4) * scales[t, g, i] + mins[t, g, i]
+            row = out[2 * j + 1, t * r : (t + 1) * r]
+            for i in range(r):
+                row[i] = _bf16_bits(u[i])
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _int8_dequant_kernel(w, scales, out):  # pragma: no cover - compiled
     # w [NT, K, R] i8, scales [NT, K/G, R] f32 → out [K, NT * R] f32 (W transposed)
@@ -135,6 +170,22 @@ def _int8_dequant_kernel(w, scales, out):  # pragma: no cover - compiled
         for t in range(nt):
             for i in range(r):
                 out[c, t * r + i] = np.float32(w[t, c, i]) * scales[t, c // size, i]
+
+
+@njit(parallel=True, **JIT)
+def _int8_dequant_bf16_kernel(w, scales, out):  # pragma: no cover - compiled
+    # w [NT, K, R] i8, scales [NT, K/G, R] f32 → out [K, NT * R] u16: bfloat16 bits of W transposed
+    nt, k, r = w.shape
+    size = k // scales.shape[1]
+    for c in prange(k):
+        f = np.empty(r, np.float32)
+        u = f.view(np.uint32)
+        for t in range(nt):
+            for i in range(r):
+                f[i] = np.float32(w[t, c, i]) * scales[t, c // size, i]
+            row = out[c, t * r : (t + 1) * r]
+            for i in range(r):
+                row[i] = _bf16_bits(u[i])
 
 
 def _tiles(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -195,18 +246,48 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int) 
     return torch.from_numpy(out)[:, :n]
 
 
-def dequantize_int4_t(w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int) -> torch.Tensor:
-    """The float32 weight held by :func:`repack_int4`'s tiles, transposed: [K, N] (a strided view)."""
-    out = np.empty((w.shape[1] * 2, w.shape[0] * TILE), np.float32)
-    _int4_dequant_kernel(w.numpy(), scales.numpy(), mins.numpy(), out)
-    return torch.from_numpy(out)[:, :n]
+def _dequant_out(out: torch.Tensor | None, k: int, cols: int) -> np.ndarray:
+    """The numpy array a dequantize kernel writes: a new float32 [K, cols], or ``out``'s memory (uint16 for bf16)."""
+    if out is None:
+        return np.empty((k, cols), np.float32)
+    if out.shape != (k, cols) or out.dtype not in (torch.float32, torch.bfloat16) or not out.is_contiguous():
+        raise KernelError(
+            f"dequantize: out must be a contiguous float32 or bfloat16 [{k}, {cols}] tensor, "
+            f"got {out.dtype} {tuple(out.shape)}"
+        )
+    return out.view(torch.uint16).numpy() if out.dtype is torch.bfloat16 else out.numpy()
 
 
-def dequantize_int8_t(w: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
-    """The float32 weight held by :func:`repack_int8`'s tiles, transposed: [K, N] (a strided view)."""
-    out = np.empty((w.shape[1], w.shape[0] * TILE), np.float32)
-    _int8_dequant_kernel(w.numpy(), scales.numpy(), out)
-    return torch.from_numpy(out)[:, :n]
+def dequantize_int4_t(
+    w: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, n: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The weight held by :func:`repack_int4`'s tiles, transposed: [K, n] (a strided view of [K, NT·R]).
+
+    Any run of tiles works (``w[a:b]``, ``scales[a:b]``, ``mins[a:b]``: rows ``aR .. bR``). Float32 in a
+    new array, or written into ``out`` (contiguous [K, NT·R], float32 or bfloat16; bfloat16 is the
+    float32 value rounded to nearest even, bit for bit what ``Tensor.bfloat16()`` makes of it).
+
+    Raises:
+        KernelError: ``out`` of the wrong shape, dtype or layout.
+    """
+    dst = _dequant_out(out, w.shape[1] * 2, w.shape[0] * TILE)
+    kernel = _int4_dequant_bf16_kernel if dst.dtype == np.uint16 else _int4_dequant_kernel
+    kernel(w.numpy(), scales.numpy(), mins.numpy(), dst)
+    return (torch.from_numpy(dst) if out is None else out)[:, :n]
+
+
+def dequantize_int8_t(w: torch.Tensor, scales: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight held by :func:`repack_int8`'s tiles, transposed: [K, n] (a strided view of [K, NT·R]).
+
+    Tile runs and ``out`` as in :func:`dequantize_int4_t`.
+
+    Raises:
+        KernelError: ``out`` of the wrong shape, dtype or layout.
+    """
+    dst = _dequant_out(out, w.shape[1], w.shape[0] * TILE)
+    kernel = _int8_dequant_bf16_kernel if dst.dtype == np.uint16 else _int8_dequant_kernel
+    kernel(w.numpy(), scales.numpy(), dst)
+    return (torch.from_numpy(dst) if out is None else out)[:, :n]
 
 
 def int8_rows(w: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

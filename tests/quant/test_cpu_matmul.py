@@ -1,5 +1,7 @@
 """The CPU quantized matmul (Numba tiles) against int4 / int8 math written out here."""
 
+import threading
+
 import pytest
 import torch
 
@@ -117,3 +119,49 @@ def test_int16_activations_fall_back_to_float32_where_blocks_would_overflow():
     q = torch.randint(-127, 128, (64, 520), dtype=torch.int8)
     assert cpu_matmul.TiledInt8.from_int8(q, torch.rand(64), activation_bits=16).activation_bits == 0
     assert cpu_matmul.TiledInt8.from_int8(q[:, :512], torch.rand(64), activation_bits=16).activation_bits == 16
+
+
+def bf16_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [T, K] @ w [N, K].T with both rounded to bfloat16 (as the bf16 GEMM takes them), summed in float64."""
+    return (x.bfloat16().double() @ w.float().bfloat16().double().T).float()
+
+
+@pytest.mark.parametrize("columns", [64, 128, cpu_matmul.GEMM_COLUMNS])
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize(("n", "k"), [(200, 96), (70, 64), (64, 160)])
+def test_large_calls_dequantize_in_chunks_and_match_written_out_math(monkeypatch, columns, bf16, n, k):
+    """Calls above kernel_max_tokens: chunks of ``columns`` output rows (the last one clipped), float32 or bf16 GEMM."""
+    monkeypatch.setattr(cpu_matmul, "GEMM_COLUMNS", columns)
+    torch.manual_seed(n + k + columns)
+    packed, scales, mins = random_int4(n, k, 32)
+    q, qs = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n, k // 32) * 0.01
+    w4, w8 = int4_reference(packed, scales, mins), q.double() * qs.double().repeat_interleave(32, 1)
+    int4 = cpu_matmul.TiledInt4.from_packed(packed, scales, mins, bf16_gemm=bf16)
+    int8 = cpu_matmul.TiledInt8.from_int8(q, qs, bf16_gemm=bf16)
+    x = torch.randn(cpu_matmul.NUMBA_MAX_TOKENS + 5, k)
+    for tiled, w in ((int4, w4), (int8, w8)):
+        out = tiled.matmul(x)
+        assert out.shape == (x.shape[0], n) and out.dtype == torch.float32 and out.is_contiguous()
+        if bf16:  # inputs rounded to bf16, float32 sums, the output rounded to bf16 (2^-9 relative)
+            torch.testing.assert_close(out, bf16_reference(x, w), rtol=4e-3, atol=1e-3)
+        else:
+            torch.testing.assert_close(out, (x.double() @ w.T).float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_large_calls_are_batch_invariant_for_a_row_count(bf16):
+    """A row's output depends on its own input and the row count only: not the other rows, the scratch, the thread."""
+    torch.manual_seed(4)
+    int4 = cpu_matmul.TiledInt4.from_packed(*random_int4(200, 128, 32), bf16_gemm=bf16)
+    bigger = cpu_matmul.TiledInt4.from_packed(*random_int4(1100, 256, 32), bf16_gemm=bf16)
+    x = torch.randn(20, 128)
+    first = int4.matmul(x)
+    other = x.clone()
+    other[1:] = torch.randn(19, 128)
+    bigger.matmul(torch.randn(20, 256))  # leaves a larger, dirty scratch buffer behind
+    assert torch.equal(int4.matmul(other)[0], first[0])
+    result = []
+    worker = threading.Thread(target=lambda: result.append(int4.matmul(x)))  # its own scratch buffer
+    worker.start()
+    worker.join()
+    assert torch.equal(result[0], first)
