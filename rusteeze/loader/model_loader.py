@@ -2,6 +2,7 @@
 
 import ctypes
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from rusteeze.loader.safetensors_loader import iter_safetensors, safetensors_fil
 from rusteeze.models.config import ModelConfig
 from rusteeze.models.registry import build_model
 from rusteeze.models.weights import load_weights
+from rusteeze.quant.config import LayerQuant
 from rusteeze.quant.layers import prepare_quantized
 from rusteeze.quant.loading import quant_plan_from_config
 from rusteeze.tokenizer import Tokenizer
@@ -85,6 +87,29 @@ def release_freed_memory() -> None:
     trim(0)
 
 
+def _open_gguf_model(
+    path: Path, gguf_direct: bool, backend: str
+) -> tuple[ModelConfig, Tokenizer, Iterator[tuple[str, torch.Tensor]], dict[str, LayerQuant] | None]:
+    """A GGUF file's config, tokenizer, weight stream and quantization plan (None: every tensor as float).
+
+    Only the weight stream holds the reader, so the file's mapping and its
+    metadata (the vocabulary as Python strings) are released as soon as the
+    stream is consumed and dropped.
+    """
+    reader = open_gguf(path)
+    cfg = model_config_from_gguf(reader, path)
+    from rusteeze.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    tokenizer = tokenizer_from_gguf(reader, path)
+    if not gguf_direct:
+        return cfg, tokenizer, iter_gguf_tensors(reader, cfg, path), None
+    from rusteeze.quant.gguf_direct import gguf_plan, iter_gguf_quantized
+
+    # Group-32 int8 (exact Q8_0) where the CPU kernels will run; the Triton kernel takes one scale per row.
+    plan = gguf_plan(reader, None if backend == "triton" else 32)
+    return cfg, tokenizer, iter_gguf_quantized(reader, cfg, path, plan), plan
+
+
 def load_model_from_path(
     path: str | Path,
     dtype: str = "auto",
@@ -111,19 +136,8 @@ def load_model_from_path(
     dev = resolve_device(device)
     backend = resolve_backend(kernel_backend, dev.type)  # the one place the kernels are chosen
     if path.is_file() and path.suffix == ".gguf":
-        reader = open_gguf(path)
-        cfg = model_config_from_gguf(reader, path)
-        from rusteeze.loader.gguf_tokenizer import tokenizer_from_gguf
-
-        tokenizer = tokenizer_from_gguf(reader, path)
+        cfg, tokenizer, weights, plan = _open_gguf_model(path, gguf_direct, backend)
         defaults: dict[str, Any] = {}
-        weights = iter_gguf_tensors(reader, cfg, path)
-        if gguf_direct:
-            from rusteeze.quant.gguf_direct import gguf_plan, iter_gguf_quantized
-
-            # Group-32 int8 (exact Q8_0) where the CPU kernels will run; the Triton kernel takes one scale per row.
-            plan = gguf_plan(reader, None if backend == "triton" else 32)
-            weights = iter_gguf_quantized(reader, cfg, path, plan)
     elif path.is_dir() and (path / "config.json").exists():
         cfg = model_config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
         tokenizer = Tokenizer.from_dir(path)
@@ -135,6 +149,7 @@ def load_model_from_path(
     torch_dtype = resolve_dtype(dtype, dev, cfg.torch_dtype)
     model = build_model(cfg, get_ops(backend), torch_dtype, dev, max_positions=max_model_len, quant_plan=plan)
     load_weights(model, weights)
+    del weights  # a GGUF's reader (its metadata and the file's mapped pages) goes with it, before the repack
     if plan:  # dtype "auto": decode-sized CPU matmuls take int16 activations, bf16 GEMMs; "float32": float32 math
         prepare_quantized(model, backend, reduced_precision=dtype == "auto")
     if backend == "numba":
