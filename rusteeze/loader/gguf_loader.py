@@ -155,6 +155,9 @@ def unpermute_qk(w: torch.Tensor, num_heads: int) -> torch.Tensor:
 def iter_gguf_tensors(reader: GGUFFile, cfg: ModelConfig, path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, float32 tensor) for every tensor the model uses, one at a time.
 
+    Each tensor's file pages are released (``GGUFFile.release``) once the
+    consumer asks for the next one, so loading never holds the whole file resident.
+
     Raises:
         UnsupportedModelError: a tensor type outside SUPPORTED_TYPES.
         ModelLoadError: a tensor whose data does not match its declared shape.
@@ -176,3 +179,4 @@ def iter_gguf_tensors(reader: GGUFFile, cfg: ModelConfig, path: Path) -> Iterato
         elif arch in _PERMUTED and t.name.endswith(("attn_k.weight", "attn_k.bias")):
             w = unpermute_qk(w, cfg.num_key_value_heads)
         yield name, w
+        reader.release(t)  # the caller has copied it: its file pages need not stay resident

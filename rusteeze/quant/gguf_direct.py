@@ -90,6 +90,7 @@ def iter_gguf_quantized(
             elif arch in _PERMUTED and t.name.endswith("attn_k.weight"):
                 tensor = unpermute_qk(tensor, cfg.num_key_value_heads)
             yield f"{base}.{leaf}", tensor
+        reader.release(t)  # copied by the consumer: the file pages need not stay resident
 
 
 def _is_direct(gguf_name: str, plan: dict[str, LayerQuant]) -> bool:
@@ -103,3 +104,4 @@ class _Subset:
     def __init__(self, reader: GGUFFile, names: set[str], keep: bool) -> None:
         self.fields = reader.fields
         self.tensors = [t for t in reader.tensors if (t.name in names) == keep]
+        self.release = reader.release

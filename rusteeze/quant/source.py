@@ -162,6 +162,7 @@ class _OneTensor:
     def __init__(self, reader: Any, tensor: Any) -> None:
         self.fields = reader.fields
         self.tensors = [tensor]
+        self.release = reader.release
 
 
 def _gguf_tensors(reader: Any, cfg: ModelConfig, path: Path) -> Iterator[SourceTensor]:

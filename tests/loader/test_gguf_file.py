@@ -1,5 +1,7 @@
 """The fast GGUF reader agrees with gguf-py's reader; torch dequantization agrees with gguf-py's."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
@@ -64,3 +66,47 @@ def test_k_quant_tensors_read_and_dequantize_like_gguf_py(tmp_path, qtype):
     assert ours.shape == (cols, rows) and ours.tensor_type == qtype
     got = dequantize(ours.data, qtype, (rows, cols)).numpy()
     np.testing.assert_array_equal(got, reference_dequantize(theirs.data, qtype).reshape(rows, cols))
+
+
+def _resident_kib(address: int) -> int:
+    """Rss of the mapping of this process that holds ``address`` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads resident pages from Linux's /proc")
+def test_release_drops_a_tensors_pages_and_keeps_its_values(tmp_path):
+    """After release the tensor's pages are no longer resident; reading it again gives the same values."""
+    import gguf
+
+    rng = np.random.default_rng(2)
+    big, small = rng.normal(size=(67, 1000)).astype(np.float32), rng.normal(size=(3, 32)).astype(np.float32)
+    path = tmp_path / "two.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("big", big)
+    writer.add_tensor("small", small)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader = GGUFFile(path)
+    a, b = reader.tensors
+    np.testing.assert_array_equal(a.data, big)  # reads every page of "big"
+    np.testing.assert_array_equal(b.data, small)
+    address = a.data.ctypes.data
+    before = _resident_kib(address)
+    assert before * 1024 >= big.nbytes
+    reader.release(a)
+    assert _resident_kib(address) * 1024 <= before * 1024 - big.nbytes + 4096  # at most one page shared with "small"
+    np.testing.assert_array_equal(a.data, big)
+    np.testing.assert_array_equal(b.data, small)
+    reader.release(b)
+    np.testing.assert_array_equal(b.data, small)
