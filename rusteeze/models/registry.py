@@ -54,6 +54,8 @@ def build_model(
             from rusteeze.quant.layers import quantize_modules
 
             quantize_modules(model, quant_plan)
-    model = model.to(dtype).to_empty(device=device)
+    # Not Module.to_empty: its empty_like of a meta tensor runs torch's Python reference, which imports
+    # torch.fx's symbolic shapes and sympy, ~29 MiB resident for the life of the process.
+    model = model.to(dtype)._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
     model.build_rope(device)
     return model.eval().requires_grad_(False)
