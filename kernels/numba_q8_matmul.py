@@ -15,11 +15,13 @@ row) accumulate ``Σ q_w · q_x`` in int32 (int4 × int16 ≤ 491 505 and int8 �
 int16 ≤ 4 161 409 per product: blocks of at most ``INT16_MAX_BLOCK`` values keep
 the sum inside int32), then the block adds ``d · sum`` in float32, and the group
 adds ``scale · part + min · Σ xs`` (the asymmetric min folds out of the inner
-loop: it only needs the block sums of x). The inner loop runs across the R = 64
-rows of a tile on integer vectors; LLVM turns the int4 pair ``lo·x0 + hi·x1``
-into 16-bit dot products (``vpdpwssd`` with AVX512-VNNI, ``vpmaddwd`` on AVX2),
-and the int8 kernel walks column pairs to get the same — so int16 activations
-cost about what int8 ones do.
+loop: it only needs the block sums of x). Rows go through a tile in blocks of
+up to ``ROWS = 4``: for blocks of 32 values, :mod:`numba_pair_dot` loads and
+unpacks each weight vector once for the 4 rows, keeps their 64 lane sums in
+registers and multiplies a column pair per instruction (``vpmaddwd``;
+``vpdpwssd`` with AVX512-VNNI); other block sizes take a plain loop, one row at
+a time. Integer sums are exact, and each row's float32 steps (per block, then
+per group) run in the same order whatever the block it is in.
 
 Why int16 is the default (``dtype="auto"``): with int8 activations SmolLM2
 Q4_1 answers "What is the capital of France?" with "L'Étoile, la Marseillaise,
@@ -45,11 +47,13 @@ import torch
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels.numba_checks import JIT
+from rusteeze.kernels.numba_pair_dot import PAIRS, pair_sums_1, pair_sums_2, pair_sums_3, pair_sums_4
 from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
 
 ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight's group size
 INT16_MAX_BLOCK = 512  # int16 activations × int8 weights: 512 · 127 · 32767 < 2^31, no int32 overflow
 ACT_BITS = (8, 16)  # activation widths the kernels take
+ROWS = 4  # activation rows per pass over a weight block (numba_pair_dot: their sums stay in registers)
 
 
 @numba.njit(**JIT)
@@ -81,75 +85,103 @@ def quantize_rows(x, block, qmax, xq, xd, xs):  # pragma: no cover - compiled
             xs[m, b] = d * np.float32(total)
 
 
+@numba.njit(inline="always", **JIT)
+def _block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - compiled
+    # isum[:rows, :] = the exact int32 sums of rows m .. m + rows - 1 over columns c .. c + size - 1 of tile t
+    # (int4: w holds nibbles, w [NT, K/2, R] u8; else w [NT, K, R] i8)
+    if size == 2 * PAIRS:
+        if rows == 4:
+            pair_sums_4(xq, m, c, w, t, isum)
+        elif rows == 3:
+            pair_sums_3(xq, m, c, w, t, isum)
+        elif rows == 2:
+            pair_sums_2(xq, m, c, w, t, isum)
+        else:
+            pair_sums_1(xq, m, c, w, t, isum)
+        return
+    for r in range(rows):  # other block sizes (group sizes that 32 does not divide): one row at a time
+        isum[r, :] = np.int32(0)
+        if int4:
+            for j in range(c // 2, (c + size) // 2):
+                x0 = np.int32(xq[m + r, 2 * j])
+                x1 = np.int32(xq[m + r, 2 * j + 1])
+                for i in range(TILE):
+                    v = np.int32(w[t, j, i])
+                    isum[r, i] += (v & 15) * x0 + (v >> 4) * x1
+        else:
+            for k in range(c, c + size):
+                x0 = np.int32(xq[m + r, k])
+                for i in range(TILE):
+                    isum[r, i] += np.int32(w[t, k, i]) * x0
+
+
+@numba.njit(inline="always", **JIT)
+def _scale_block(isum, rows, xd, m, b, first, part):  # pragma: no cover - compiled
+    # part[r] (+)= isum[r] · d for each row r < rows, d = xd[m + r, b] (= on the group's first block)
+    for r in range(rows):
+        d = xd[m + r, b]
+        pr, sr = part[r], isum[r]
+        if first:
+            for i in range(TILE):
+                pr[i] = np.float32(sr[i]) * d
+        else:
+            for i in range(TILE):
+                pr[i] += np.float32(sr[i]) * d
+
+
 @numba.njit(**JIT)
 def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - compiled
     # One tile t: xq [M, K] i16 or i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
-    m_count = xq.shape[0]
-    r = w.shape[2]
     groups = scales.shape[1]
     blocks = xd.shape[1] // groups  # activation blocks per weight group
-    half = w.shape[1] // xd.shape[1]  # weight bytes per row per activation block: B / 2
-    acc = np.zeros((m_count, r), np.float32)
-    part = np.empty(r, np.float32)
-    isum = np.empty(r, np.int32)
-    for g in range(groups):
-        for m in range(m_count):
-            part[:] = np.float32(0)
-            xsum = np.float32(0)
-            for b in range(g * blocks, (g + 1) * blocks):
-                isum[:] = np.int32(0)
-                for j in range(b * half, (b + 1) * half):
-                    x0 = np.int32(xq[m, 2 * j])
-                    x1 = np.int32(xq[m, 2 * j + 1])
-                    for i in range(r):
-                        v = np.int32(w[t, j, i])
-                        isum[i] += (v & 15) * x0 + (v >> 4) * x1
-                d = xd[m, b]
-                xsum += xs[m, b]
-                for i in range(r):
-                    part[i] += np.float32(isum[i]) * d
-            for i in range(r):
-                acc[m, i] += part[i] * scales[t, g, i] + mins[t, g, i] * xsum
-    for m in range(m_count):
-        for i in range(r):
-            out[m, t * r + i] = acc[m, i]
+    size = xq.shape[1] // xd.shape[1]  # B
+    isum = np.empty((ROWS, TILE), np.int32)
+    part = np.empty((ROWS, TILE), np.float32)  # per group: Σ_b d_b · isum_b
+    acc = np.empty((ROWS, TILE), np.float32)
+    for m in range(0, xq.shape[0], ROWS):  # a block of rows: each row's order of operations is its own
+        rows = min(ROWS, xq.shape[0] - m)
+        acc[:] = np.float32(0)
+        for g in range(groups):
+            b0 = g * blocks
+            for b in range(b0, b0 + blocks):
+                _block_sums(xq, m, rows, b * size, size, w, t, isum, True)
+                _scale_block(isum, rows, xd, m, b, b == b0, part)
+            for r in range(rows):
+                xsum = xs[m + r, b0]  # d · Σ q over the group's blocks: the asymmetric min's share
+                for b in range(b0 + 1, b0 + blocks):
+                    xsum += xs[m + r, b]
+                ar, pr, sc, mn = acc[r], part[r], scales[t, g], mins[t, g]
+                for i in range(TILE):
+                    ar[i] += pr[i] * sc[i] + mn[i] * xsum
+        for r in range(rows):
+            for i in range(TILE):
+                out[m + r, t * TILE + i] = acc[r, i]
 
 
 @numba.njit(**JIT)
 def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
     # One tile t: xq [M, K] i16 or i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32
-    m_count = xq.shape[0]
-    r = w.shape[2]
     groups = scales.shape[1]
     blocks = xd.shape[1] // groups
-    size = w.shape[1] // xd.shape[1]  # B
-    acc = np.zeros((m_count, r), np.float32)
-    part = np.empty(r, np.float32)
-    isum = np.empty(r, np.int32)
-    for g in range(groups):
-        for m in range(m_count):
-            part[:] = np.float32(0)
-            for b in range(g * blocks, (g + 1) * blocks):
-                isum[:] = np.int32(0)
-                lo = b * size
-                for c in range(lo, lo + size - 1, 2):  # column pairs: LLVM fuses them into 16-bit dot products
-                    x0 = np.int32(xq[m, c])
-                    x1 = np.int32(xq[m, c + 1])
-                    for i in range(r):
-                        isum[i] += np.int32(w[t, c, i]) * x0 + np.int32(w[t, c + 1, i]) * x1
-                if size % 2:
-                    c = lo + size - 1
-                    x0 = np.int32(xq[m, c])
-                    for i in range(r):
-                        isum[i] += np.int32(w[t, c, i]) * x0
-                d = xd[m, b]
-                for i in range(r):
-                    part[i] += np.float32(isum[i]) * d
-            for i in range(r):
-                acc[m, i] += part[i] * scales[t, g, i]
-    for m in range(m_count):
-        for i in range(r):
-            out[m, t * r + i] = acc[m, i]
+    size = xq.shape[1] // xd.shape[1]  # B
+    isum = np.empty((ROWS, TILE), np.int32)
+    part = np.empty((ROWS, TILE), np.float32)
+    acc = np.empty((ROWS, TILE), np.float32)
+    for m in range(0, xq.shape[0], ROWS):
+        rows = min(ROWS, xq.shape[0] - m)
+        acc[:] = np.float32(0)
+        for g in range(groups):
+            b0 = g * blocks
+            for b in range(b0, b0 + blocks):
+                _block_sums(xq, m, rows, b * size, size, w, t, isum, False)
+                _scale_block(isum, rows, xd, m, b, b == b0, part)
+            for r in range(rows):
+                ar, pr, sc = acc[r], part[r], scales[t, g]
+                for i in range(TILE):
+                    ar[i] += pr[i] * sc[i]
+        for r in range(rows):
+            for i in range(TILE):
+                out[m + r, t * TILE + i] = acc[r, i]
 
 
 # Each product exists twice: tiles in one thread, or spread over Numba's threads (same tile code: bit-identical).
@@ -192,6 +224,8 @@ def _quantized(x: torch.Tensor, w: torch.Tensor, k: int, n: int, group: int, bit
         raise KernelError("the Numba quantized matmul runs on CPU tensors only")
     if n > w.shape[0] * TILE:
         raise KernelError(f"quantized matmul: {n} output rows exceed the {w.shape[0] * TILE} held by the weight")
+    if w.dim() != 3 or w.shape[2] != TILE or not w.is_contiguous():
+        raise KernelError(f"quantized matmul: the weight must be contiguous tiles [N/{TILE}, ., {TILE}]")
     xs = x.detach().float().contiguous().numpy()
     block = ACT_BLOCK if group % ACT_BLOCK == 0 else group
     xq = np.empty(xs.shape, np.int8 if bits == 8 else np.int16)
