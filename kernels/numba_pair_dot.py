@@ -1,4 +1,4 @@
-"""Numba intrinsics: one activation block's integer dot products for up to four rows, on 16-bit pairs.
+"""Numba intrinsics: one activation block's integer dot products for up to five rows, on 16-bit pairs.
 
 The inner step of :mod:`numba_q8_matmul`'s tiles. For a weight tile (64 output
 rows side by side, :mod:`numba_quant_matmul`'s layout), one activation block of
@@ -30,8 +30,9 @@ Code per target, chosen when Numba compiles (the host's features, or those of
 ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``):
 
 * AVX512BW: 16-lane vectors, ``llvm.x86.avx512.pmaddw.d.512``, the tile's 64
-  lanes in one pass (4 rows × 4 vectors = 16 of the 32 zmm registers);
-* AVX2: 8-lane vectors, ``llvm.x86.avx2.pmadd.wd``, 32 lanes per pass (16 ymm);
+  lanes in one pass (5 rows × 4 vectors = 20 of the 32 zmm registers);
+* AVX2: 8-lane vectors, ``llvm.x86.avx2.pmadd.wd``, 32 lanes per pass (16 ymm
+  registers: 4 and 5 rows spill some);
 * anything else: multiplies and adds on 8-lane int32 vectors, which LLVM
   lowers for the target.
 
@@ -185,3 +186,4 @@ pair_sums_1 = _pair_sums(1)
 pair_sums_2 = _pair_sums(2)
 pair_sums_3 = _pair_sums(3)
 pair_sums_4 = _pair_sums(4)
+pair_sums_5 = _pair_sums(5)

@@ -16,8 +16,9 @@ int16 ≤ 4 161 409 per product: blocks of at most ``INT16_MAX_BLOCK`` values ke
 the sum inside int32), then the block adds ``d · sum`` in float32, and the group
 adds ``scale · part + min · Σ xs`` (the asymmetric min folds out of the inner
 loop: it only needs the block sums of x). Rows go through a tile in blocks of
-up to ``ROWS = 4``: for blocks of 32 values, :mod:`numba_pair_dot` loads and
-unpacks each weight vector once for the 4 rows, keeps their 64 lane sums in
+4 (5 where a lone row would be left over): for blocks of 32 values,
+:mod:`numba_pair_dot` loads and unpacks each weight vector once for all the
+block's rows, keeps their 64 lane sums in
 registers and multiplies a column pair per instruction (``vpmaddwd``;
 ``vpdpwssd`` with AVX512-VNNI); other block sizes take a plain loop, one row at
 a time. Integer sums are exact, and each row's float32 steps (per block, then
@@ -47,13 +48,20 @@ import torch
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels.numba_checks import JIT
-from rusteeze.kernels.numba_pair_dot import PAIRS, pair_sums_1, pair_sums_2, pair_sums_3, pair_sums_4
+from rusteeze.kernels.numba_pair_dot import (
+    PAIRS,
+    pair_sums_1,
+    pair_sums_2,
+    pair_sums_3,
+    pair_sums_4,
+    pair_sums_5,
+)
 from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
 
 ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight's group size
 INT16_MAX_BLOCK = 512  # int16 activations × int8 weights: 512 · 127 · 32767 < 2^31, no int32 overflow
 ACT_BITS = (8, 16)  # activation widths the kernels take
-ROWS = 4  # activation rows per pass over a weight block (numba_pair_dot: their sums stay in registers)
+ROWS = 5  # the most activation rows per pass over a weight block (numba_pair_dot: their sums stay in registers)
 
 
 @numba.njit(**JIT)
@@ -90,7 +98,9 @@ def _block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - c
     # isum[:rows, :] = the exact int32 sums of rows m .. m + rows - 1 over columns c .. c + size - 1 of tile t
     # (int4: w holds nibbles, w [NT, K/2, R] u8; else w [NT, K, R] i8)
     if size == 2 * PAIRS:
-        if rows == 4:
+        if rows == 5:
+            pair_sums_5(xq, m, c, w, t, isum)
+        elif rows == 4:
             pair_sums_4(xq, m, c, w, t, isum)
         elif rows == 3:
             pair_sums_3(xq, m, c, w, t, isum)
@@ -116,17 +126,27 @@ def _block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - c
 
 
 @numba.njit(inline="always", **JIT)
-def _scale_block(isum, rows, xd, m, b, first, part):  # pragma: no cover - compiled
-    # part[r] (+)= isum[r] · d for each row r < rows, d = xd[m + r, b] (= on the group's first block)
-    for r in range(rows):
-        d = xd[m + r, b]
-        pr, sr = part[r], isum[r]
-        if first:
-            for i in range(TILE):
-                pr[i] = np.float32(sr[i]) * d
-        else:
-            for i in range(TILE):
-                pr[i] += np.float32(sr[i]) * d
+def _block_rows(left):  # pragma: no cover - compiled
+    # Rows for the next pass: 4 (the best rate per row, with 5), 5 where a lone row would be left over (5, 9, 13 ...)
+    return 5 if left % 4 == 1 and left > 4 else min(4, left)
+
+
+@numba.njit(inline="always", **JIT)
+def _group_parts(xq, xd, m, rows, b0, blocks, size, w, t, int4, isum, part):  # pragma: no cover - compiled
+    # Integer sums of the group's blocks b0 .. b0 + blocks - 1 into isum; all but the last block's scaled into
+    # part[r] (= on the first, += after): _finish_rows adds the last one as it applies the group's scales.
+    for b in range(b0, b0 + blocks):
+        _block_sums(xq, m, rows, b * size, size, w, t, isum, int4)
+        if b == b0 + blocks - 1:
+            return
+        for r in range(rows):
+            d = xd[m + r, b]
+            if b == b0:
+                for i in range(TILE):
+                    part[r, i] = np.float32(isum[r, i]) * d
+            else:
+                for i in range(TILE):
+                    part[r, i] += np.float32(isum[r, i]) * d
 
 
 @numba.njit(**JIT)
@@ -136,26 +156,27 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
     blocks = xd.shape[1] // groups  # activation blocks per weight group
     size = xq.shape[1] // xd.shape[1]  # B
     isum = np.empty((ROWS, TILE), np.int32)
-    part = np.empty((ROWS, TILE), np.float32)  # per group: Σ_b d_b · isum_b
+    part = np.empty((ROWS, TILE), np.float32)  # Σ d_b · isum_b over the group's blocks but the last
     acc = np.empty((ROWS, TILE), np.float32)
-    for m in range(0, xq.shape[0], ROWS):  # a block of rows: each row's order of operations is its own
-        rows = min(ROWS, xq.shape[0] - m)
+    m = 0
+    while m < xq.shape[0]:  # a block of rows: each row's order of operations is its own
+        rows = _block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
-            b0 = g * blocks
-            for b in range(b0, b0 + blocks):
-                _block_sums(xq, m, rows, b * size, size, w, t, isum, True)
-                _scale_block(isum, rows, xd, m, b, b == b0, part)
+            b0, last = g * blocks, (g + 1) * blocks - 1
+            _group_parts(xq, xd, m, rows, b0, blocks, size, w, t, True, isum, part)
             for r in range(rows):
+                d = xd[m + r, last]
                 xsum = xs[m + r, b0]  # d · Σ q over the group's blocks: the asymmetric min's share
-                for b in range(b0 + 1, b0 + blocks):
+                for b in range(b0 + 1, last + 1):
                     xsum += xs[m + r, b]
-                ar, pr, sc, mn = acc[r], part[r], scales[t, g], mins[t, g]
                 for i in range(TILE):
-                    ar[i] += pr[i] * sc[i] + mn[i] * xsum
+                    p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
+                    acc[r, i] += p * scales[t, g, i] + mins[t, g, i] * xsum
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]
+        m += rows
 
 
 @numba.njit(**JIT)
@@ -167,21 +188,22 @@ def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
     isum = np.empty((ROWS, TILE), np.int32)
     part = np.empty((ROWS, TILE), np.float32)
     acc = np.empty((ROWS, TILE), np.float32)
-    for m in range(0, xq.shape[0], ROWS):
-        rows = min(ROWS, xq.shape[0] - m)
+    m = 0
+    while m < xq.shape[0]:
+        rows = _block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
-            b0 = g * blocks
-            for b in range(b0, b0 + blocks):
-                _block_sums(xq, m, rows, b * size, size, w, t, isum, False)
-                _scale_block(isum, rows, xd, m, b, b == b0, part)
+            last = (g + 1) * blocks - 1
+            _group_parts(xq, xd, m, rows, g * blocks, blocks, size, w, t, False, isum, part)
             for r in range(rows):
-                ar, pr, sc = acc[r], part[r], scales[t, g]
+                d = xd[m + r, last]
                 for i in range(TILE):
-                    ar[i] += pr[i] * sc[i]
+                    p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
+                    acc[r, i] += p * scales[t, g, i]
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]
+        m += rows
 
 
 # Each product exists twice: tiles in one thread, or spread over Numba's threads (same tile code: bit-identical).
