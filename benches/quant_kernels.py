@@ -1,36 +1,50 @@
-"""The CPU quantized matmul at SmolLM2-135M shapes: Numba tiles against float32 GEMM and torch's int4pack.
+"""The CPU quantized matmul at SmolLM2-135M's shapes: the integer-activation kernel against dequantize + GEMM.
 
-Run: ``python benches/quant_kernels.py [--threads 2]``. Prints, per (N, K, tokens),
-the best-of-rounds time in µs of:
+Run: ``python benches/quant_kernels.py [--threads 1] [--baseline 3e64cec]``. Prints the
+CPU's model and flags, then two tables of best-of-rounds µs per call:
 
-* ``numba_int4`` / ``numba_int8``: ``rusteeze.quant.cpu_matmul`` as the layers call it
-  (the Numba kernel up to ``NUMBA_MAX_TOKENS`` rows, dequantize + torch GEMM above);
-* ``f32``: ``F.linear`` on the float32 weight (what the float path does);
-* ``i4pack_bf16``: torch's ``_weight_int4pack_mm_for_cpu`` with bf16 activations (the
-  kernel rusteeze used before; its packing depends on the CPU, so it is a peer only).
+* ``rows``: the integer kernel (int16 activations, ``numba_q8_matmul``; what decode runs
+  under dtype "auto") for M = 1 .. 64 rows, and µs per row; with ``--baseline REV`` the
+  same kernel as of git revision REV beside it (its source loaded with ``git show``;
+  3e64cec is the last one-row-at-a-time loop), and the ratio;
+* ``crossover``: for M = 8 .. 128, that kernel against what larger calls run instead,
+  dequantize + torch GEMM in bfloat16 and in float32 (``cpu_matmul``'s chunked path):
+  where the kernel stops winning sets ``NUMBA_MAX_TOKENS`` (decoder layers: bf16 GEMM
+  on CPUs with native bf16, float32 elsewhere) and ``LOGITS_MAX_TOKENS`` (the logits
+  layer keeps float32 GEMMs).
 
-GMAC/s of the int4 path is printed beside it. The CPU's model and flags head the table;
-compare ratios measured in one run, not figures from different machines.
+Compare ratios measured in one run, not figures from different machines.
 """
 
 import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+from types import ModuleType
 
 import numba
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rusteeze.bench.machine import cpu_line
+from rusteeze.kernels import numba_q8_matmul as q8
 from rusteeze.quant import cpu_matmul
-from rusteeze.quant.tensors import quantize_int8
 
-SHAPES = [(576, 576), (3072, 576), (576, 1536), (49152, 576)]
-TOKENS = (1, 4, 8, 64, 256)
+SHAPES = [(3072, 576, "int4"), (576, 1536, "int4"), (960, 576, "int4"), (49152, 576, "int8")]  # (N, K, weight)
+ROWS = (1, 2, 4, 5, 8, 16, 32, 64)
+CROSSOVER = (8, 16, 32, 48, 64, 96, 128)
 
 
-def best_us(fn, rounds: int = 7, calls: int = 5) -> float:
-    """Best mean µs per call over ``rounds`` rounds (after a warm-up call)."""
+def best_us(fn, budget: float = 0.3) -> float:
+    """Best µs per call over rounds of a few calls (after a warm-up call), about ``budget`` seconds in all."""
+    t = time.perf_counter()
     fn()
+    once = time.perf_counter() - t
+    calls = max(1, min(20, int(0.05 / max(once, 1e-6))))
+    rounds = max(3, min(15, int(budget / max(once * calls, 1e-6))))
     best = float("inf")
     for _ in range(rounds):
         t = time.perf_counter()
@@ -40,37 +54,88 @@ def best_us(fn, rounds: int = 7, calls: int = 5) -> float:
     return best * 1e6
 
 
-def measure(n: int, k: int, m: int) -> dict[str, float]:
-    """Time every candidate for an [N, K] weight and [M, K] activations."""
-    x = torch.randn(m, k)
-    packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
-    scales, mins = torch.rand(n, k // 32) * 0.01, torch.randn(n, k // 32) * 0.01
-    int4 = cpu_matmul.TiledInt4.from_packed(packed, scales, mins)
-    int8 = cpu_matmul.TiledInt8.from_int8(*quantize_int8(torch.randn(n, k)))
-    w = torch.randn(n, k)
-    row = {"numba_int4": best_us(lambda: int4.matmul(x)), "numba_int8": best_us(lambda: int8.matmul(x))}
-    row["f32"] = best_us(lambda: F.linear(x, w))
-    if hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"):
-        w4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (n, k), dtype=torch.int32), 1)
-        sz, xb = torch.rand(k // 32, n, 2).bfloat16(), x.bfloat16()
-        row["i4pack_bf16"] = best_us(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w4, 32, sz))
-    return row
+def layer(n: int, k: int, kind: str) -> cpu_matmul.TiledInt4 | cpu_matmul.TiledInt8:
+    """A random [N, K] weight in the tiles (groups of 32, int16 activations), as the layers hold it."""
+    g = torch.Generator().manual_seed(n + k)
+    if kind == "int4":
+        packed = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+        scales, mins = torch.rand(n, k // 32, generator=g) * 0.01, torch.randn(n, k // 32, generator=g) * 0.01
+        return cpu_matmul.TiledInt4.from_packed(packed, scales, mins, activation_bits=16)
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    return cpu_matmul.TiledInt8.from_int8(q, torch.rand(n, k // 32, generator=g) * 0.01, activation_bits=16)
+
+
+def load_baseline(rev: str) -> ModuleType:
+    """``kernels/numba_q8_matmul.py`` as of git revision ``rev``, imported as its own module (own Numba cache)."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{rev}:kernels/numba_q8_matmul.py"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    path = Path(tempfile.gettempdir()) / f"rusteeze_q8_baseline_{rev}.py"
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def kernel_call(module: ModuleType, tiled, x: torch.Tensor):
+    """A call of ``module``'s integer kernel on the layer's tiles (the wrappers' own quantization included)."""
+    if isinstance(tiled, cpu_matmul.TiledInt4):
+        return lambda: module.int4_matmul_q8(x, tiled.weight, tiled.scales, tiled.mins, tiled.out_features)
+    return lambda: module.int8_matmul_q8(x, tiled.weight, tiled.scales, tiled.out_features)
+
+
+def rows_table(baseline: ModuleType | None) -> None:
+    """The integer kernel for M = 1 .. 64 rows (and the baseline's, with the ratio)."""
+    print("\n## rows: integer kernel (int16 activations), µs per call (µs per row)")
+    for n, k, kind in SHAPES:
+        tiled = layer(n, k, kind)
+        cells = []
+        for m in ROWS:
+            x = torch.randn(m, k)
+            new = best_us(kernel_call(q8, tiled, x))
+            cell = f"M={m} {new:.0f} ({new / m:.0f})"
+            if baseline is not None:
+                old = best_us(kernel_call(baseline, tiled, x))
+                cell += f" vs {old:.0f} x{old / new:.2f}"
+            cells.append(cell)
+        print(f"{n}x{k} {kind}: " + "  ".join(cells), flush=True)
+
+
+def crossover_table() -> None:
+    """The integer kernel against dequantize + GEMM (bf16, float32) for M = 8 .. 128."""
+    print("\n## crossover: µs per call, integer kernel | dequantize + bf16 GEMM | dequantize + float32 GEMM")
+    for n, k, kind in SHAPES:
+        tiled = layer(n, k, kind)
+        cells = []
+        for m in CROSSOVER:
+            x = torch.randn(m, k)
+            call = tiled.matmul
+            tiled.kernel_max_tokens = m
+            times = [best_us(lambda call=call, x=x: call(x))]
+            tiled.kernel_max_tokens = 0
+            for bf16 in (True, False):
+                tiled.bf16_gemm = bf16
+                times.append(best_us(lambda call=call, x=x: call(x)))
+            cells.append(f"M={m} " + "|".join(f"{t:.0f}" for t in times))
+        print(f"{n}x{k} {kind}: " + "  ".join(cells), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--baseline", default="", help="git revision of the kernel to compare with (e.g. 3e64cec)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
-    print(f"# {cpu_line()}; {args.threads} threads (torch and Numba)")
-    for n, k in SHAPES:
-        for m in TOKENS:
-            row = measure(n, k, m)
-            gmacs = n * k * m / row["numba_int4"] / 1e3
-            cells = "  ".join(f"{name} {us:.0f}" for name, us in row.items())
-            print(f"{n}x{k} M={m}: {cells}  (int4 {gmacs:.1f} GMAC/s)", flush=True)
+    print(
+        f"# {cpu_line()}; {args.threads} threads (torch and Numba); torch {torch.__version__}, numpy {np.__version__}"
+    )
+    rows_table(load_baseline(args.baseline) if args.baseline else None)
+    crossover_table()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
