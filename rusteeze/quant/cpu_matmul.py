@@ -22,11 +22,11 @@ AVX512-BF16 or AMX: :func:`native_bf16`) the dequantized weight and x are
 rounded to bfloat16 for torch's GEMM, ~2× the float32 GEMM's rate there
 (SmolLM2 gate_up 3072×576 × 128 rows, 1 thread: 7.9 ms against 26 ms); elsewhere
 (AVX2 machines, where torch's bf16 GEMM crawls) and under ``dtype="float32"``
-the GEMM is float32. Either way the weight is dequantized ``GEMM_COLUMNS`` output
+the GEMM is float32. Either way the weight is dequantized up to ``GEMM_COLUMNS`` output
 rows at a time, straight into the GEMM's dtype (bfloat16 rounded to nearest even in the
 Numba kernel: one pass, half the bytes), into a per-thread buffer reused by every
 call, and each chunk's GEMM reads it while it is still in cache (SmolLM2 decode step
-of 64 sequences, 1 thread: decoder linears 132 -> 109 ms, logits 73 -> 50 ms;
+of 64 sequences, 1 thread: decoder linears 132 -> ~110 ms, logits 73 -> ~50 ms;
 ``benches/batch_step.py``).
 """
 
@@ -46,9 +46,12 @@ NUMBA_MAX_TOKENS = 8  # from 9 rows, dequantize + torch GEMM is faster
 # 49152×576 vocabulary writes 113 MB per call (SmolLM2, 1 thread, busy machine: 16 rows 74 ms in
 # the kernel against 123 ms dequantize + GEMM; 64 rows 315 against 227).
 LOGITS_MAX_TOKENS = 32
-# Larger calls dequantize this many output rows at a time into a reused per-thread buffer, then run
-# one GEMM on them: the chunk is still in cache when the GEMM reads it, and nothing is allocated.
-GEMM_COLUMNS = 1024
+# Larger calls dequantize at most this many output rows at a time into a reused per-thread buffer,
+# then run one GEMM on them: the chunk is still in cache when the GEMM reads it, nothing is allocated,
+# and the buffer stays small whatever the layer. Fewer, larger chunks mean fewer parallel regions
+# (SmolLM2 64-sequence decode step, 2 threads: 150 ms at 2048, 169-175 at 512, 167 unchunked; 1 thread
+# the same at 512 and 2048; the logits layer's 113 MB float32 vocabulary gains most).
+GEMM_COLUMNS = 2048
 _SCRATCH = threading.local()
 
 
@@ -75,7 +78,7 @@ def _scratch(numel: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _gemm(x: torch.Tensor, dequantize: Callable, k: int, n: int, tiles: int, bf16: bool) -> torch.Tensor:
-    """x [T, K] @ W.T → [T, N] float32, W dequantized ``GEMM_COLUMNS`` output rows at a time.
+    """x [T, K] @ W.T → [T, N] float32, W dequantized at most ``GEMM_COLUMNS`` output rows at a time.
 
     ``dequantize(a, b, out)`` writes tiles ``a .. b`` of W, transposed, into ``out`` [K, (b - a)·R]
     and returns its first ``min(N, b·R) - a·R`` columns. x is converted once; every chunk is one
@@ -84,8 +87,9 @@ def _gemm(x: torch.Tensor, dequantize: Callable, k: int, n: int, tiles: int, bf1
     dtype = torch.bfloat16 if bf16 else torch.float32
     xs = x.to(dtype)  # [T, K]
     out = torch.empty(x.shape[0], n, dtype=dtype)  # [T, N]
-    step = GEMM_COLUMNS // nq.TILE
-    buf = _scratch(k * min(tiles, step) * nq.TILE, dtype)
+    chunks = -(-tiles * nq.TILE // GEMM_COLUMNS)  # as few as fit, equal in size (tiles 9, 8 per chunk: 5 + 4)
+    step = -(-tiles // chunks)
+    buf = _scratch(k * step * nq.TILE, dtype)
     for a in range(0, tiles, step):
         b = min(tiles, a + step)
         w_t = dequantize(a, b, buf[: k * (b - a) * nq.TILE].view(k, -1))  # [K, columns of this chunk]
