@@ -16,8 +16,9 @@ part it calls goes to that part), so the rows add up to the step time:
 * ``logits:`` parts: those charged inside ``compute_logits`` (the tied Q8_0 lm_head);
 * sampler, prepare: the runner's sampling and step tensors; other: Python and torch glue left over.
 
-Figures are the per-step mean (ms) over the timed steps, best of ``--repeats``
-rounds; the CPU's flags head the table.
+Decode figures are the per-step mean (ms) over the timed steps, best of
+``--repeats`` rounds; the prefill (every prompt, in steps of up to
+``max_num_batched_tokens``) is timed once, whole. The CPU's flags head the table.
 """
 
 from __future__ import annotations
@@ -134,17 +135,18 @@ def main() -> None:
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
     for p in prompts:
         engine.add_request(p, params)
-    sched = engine.scheduler
-    start, prefill_steps = time.perf_counter(), 0
-    while sched.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in sched.running):
-        engine.step()
-        prefill_steps += 1
-    prefill_s = time.perf_counter() - start
-    for _ in range(2):  # warm-up decode steps (compilation, first allocations)
-        engine.step()
     timers = Timers()
     instrument(llm, timers)
     step = timers.wrap("other", engine.step)
+    sched = engine.scheduler
+    start, prefill_steps = time.perf_counter(), 0
+    while sched.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in sched.running):
+        step()
+        prefill_steps += 1
+    prefill = dict(timers.self_s)
+    prefill_s = time.perf_counter() - start
+    for _ in range(2):  # warm-up decode steps (first allocations)
+        step()
     best: dict[str, float] | None = None
     for _ in range(args.repeats):
         timers.self_s.clear()
@@ -152,19 +154,25 @@ def main() -> None:
         for _ in range(args.steps):
             step()
         total = (time.perf_counter() - start) / args.steps
-        parts = {k: v / args.steps for k, v in timers.self_s.items()}
-        parts["step"] = total
         if best is None or total < best["step"]:
-            best = parts
+            best = {k: v / args.steps for k, v in timers.self_s.items()}
+            best["step"] = total
     assert best is not None
     print(cpu_line())
     print(f"decode step of {args.seqs} sequences, {args.threads} thread(s), dtype {args.dtype}: ms per step")
-    total = best.pop("step")
-    for name, s in sorted(best.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<20} {s * 1e3:8.2f}  {100 * s / total:5.1f} %")
-    print(f"  {'step':<20} {total * 1e3:8.2f}  -> {args.seqs / total:.1f} out tok/s")
+    report(best, best.pop("step"))
+    print(f"  -> {args.seqs / total:.1f} out tok/s")
     tokens = args.seqs * args.input_len
-    print(f"prefill of {tokens} tokens {prefill_s:.2f} s in {prefill_steps} steps")
+    print(f"prefill of {args.seqs} x {args.input_len} tokens in {prefill_steps} steps: ms in all")
+    report(prefill, prefill_s)
+    print(f"  -> {tokens / prefill_s:.0f} prompt tok/s")
+
+
+def report(parts: dict[str, float], total: float) -> None:
+    """One line per part (ms, share of ``total`` seconds), largest first, then the total."""
+    for name, s in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<24} {s * 1e3:9.2f}  {100 * s / total:5.1f} %")
+    print(f"  {'total':<24} {total * 1e3:9.2f}")
 
 
 if __name__ == "__main__":
