@@ -2,12 +2,11 @@
 
 Weights are repacked once, after loading, into the tiles of
 ``rusteeze.kernels.numba_quant_matmul`` (a layout we own, the same on every
-CPU). A call with up to ``NUMBA_MAX_TOKENS`` rows (decode, small batches) runs
-the Numba kernel, which reads the packed weight in place; larger batches
-(prefill) dequantize the layer to float32 with a Numba kernel and use torch's
-GEMM, which is faster there (SmolLM2 gate_up 3072×576, AVX-512, 2 threads:
-4 rows 0.40 ms in the kernel; 64 rows 6.7 ms in the kernel against 3.0 ms
-dequantize + GEMM; ``benches/quant_kernels.py``).
+CPU). A call with up to ``NUMBA_MAX_TOKENS`` rows (decode, batches of up to 64
+sequences) runs the Numba kernel, which reads the packed weight in place (with
+float32 activations, up to ``FLOAT_KERNEL_MAX_TOKENS``); larger batches
+(prefill) dequantize the layer with a Numba kernel and use torch's GEMM, which
+is faster there (the crossover: ``benches/quant_kernels.py``).
 
 Activations: with ``activation_bits=16`` (set for ``dtype="auto"``, the default)
 the kernel-sized calls quantize x to int16 per block of 32 and use integer dot
@@ -41,11 +40,20 @@ from rusteeze.bench.machine import cpu_flags
 from rusteeze.kernels import numba_q8_matmul as q8
 from rusteeze.kernels import numba_quant_matmul as nq
 
-NUMBA_MAX_TOKENS = 8  # from 9 rows, dequantize + torch GEMM is faster
-# The logits layer with int16 activations keeps the integer kernel up to here: dequantizing a
-# 49152×576 vocabulary writes 113 MB per call (SmolLM2, 1 thread, busy machine: 16 rows 74 ms in
-# the kernel against 123 ms dequantize + GEMM; 64 rows 315 against 227).
-LOGITS_MAX_TOKENS = 32
+# Calls of up to this many rows run the integer-activation kernel (int16 activations, dtype "auto"), which
+# reads each weight block once for 4-5 rows; larger calls dequantize + GEMM. SmolLM2's decoder shapes against
+# dequantize + bf16 GEMM (AVX-512 EPYC, benches/quant_kernels.py): 2 threads, 64 rows 843 / 566 / 323 µs
+# against 897 / 577 / 403 (3072×576, 576×1536, 960×576), 96 rows slower; 1 thread, 48 rows 1249 / 676 / 425
+# against 1331 / 668 / 453, 64 rows within 6 % either way. Against a float32 GEMM (no native bf16) it wins by
+# 1.5-1.7x at 64 rows; and int16 activations are near float32, bf16 is not.
+NUMBA_MAX_TOKENS = 64
+# float32 activations (dtype "float32") take numba_quant_matmul's float32 kernel, one row at a time:
+# from 9 rows dequantize + float32 GEMM is faster.
+FLOAT_KERNEL_MAX_TOKENS = 8
+# The logits layer (int16 activations; its larger calls keep float32 GEMMs) keeps the integer kernel up to
+# here: 49152×576, 1 thread, 128 rows 59.6 ms against 86.2 dequantize + GEMM, 512 rows 239 against 403
+# (2 threads 122 against 207).
+LOGITS_MAX_TOKENS = 512
 # Larger calls dequantize at most this many output rows at a time into a reused per-thread buffer,
 # then run one GEMM on them: the chunk is still in cache when the GEMM reads it, nothing is allocated,
 # and the buffer stays small whatever the layer. Fewer, larger chunks mean fewer parallel regions
@@ -107,7 +115,7 @@ class TiledInt4:
     out_features: int  # N
     activation_bits: int = 0  # kernel-sized calls quantize x to int16 (16; dtype "auto") or keep float32 (0)
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
-    kernel_max_tokens: int = NUMBA_MAX_TOKENS  # calls up to this many rows run the Numba kernel
+    kernel_max_tokens: int = NUMBA_MAX_TOKENS  # calls up to this many rows run the Numba kernel (float32: <= 8)
 
     @classmethod
     def from_packed(
@@ -124,11 +132,9 @@ class TiledInt4:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] → [T, N] float32."""
-        if x.shape[0] <= self.kernel_max_tokens:
-            if self.activation_bits:
-                return q8.int4_matmul_q8(
-                    x, self.weight, self.scales, self.mins, self.out_features, self.activation_bits
-                )
+        if x.shape[0] <= self.kernel_max_tokens and self.activation_bits:
+            return q8.int4_matmul_q8(x, self.weight, self.scales, self.mins, self.out_features, self.activation_bits)
+        if x.shape[0] <= min(self.kernel_max_tokens, FLOAT_KERNEL_MAX_TOKENS):
             return nq.int4_matmul(x, self.weight, self.scales, self.mins, self.out_features)
         w, s, mn, n = self.weight, self.scales, self.mins, self.out_features
 
@@ -147,7 +153,7 @@ class TiledInt8:
     out_features: int  # N
     activation_bits: int = 0  # kernel-sized calls quantize x to int16 (16; dtype "auto") or keep float32 (0)
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
-    kernel_max_tokens: int = NUMBA_MAX_TOKENS  # calls up to this many rows run the Numba kernel
+    kernel_max_tokens: int = NUMBA_MAX_TOKENS  # calls up to this many rows run the Numba kernel (float32: <= 8)
 
     @classmethod
     def from_int8(
@@ -160,9 +166,9 @@ class TiledInt8:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] → [T, N] float32."""
-        if x.shape[0] <= self.kernel_max_tokens:
-            if self.activation_bits:
-                return q8.int8_matmul_q8(x, self.weight, self.scales, self.out_features, self.activation_bits)
+        if x.shape[0] <= self.kernel_max_tokens and self.activation_bits:
+            return q8.int8_matmul_q8(x, self.weight, self.scales, self.out_features, self.activation_bits)
+        if x.shape[0] <= min(self.kernel_max_tokens, FLOAT_KERNEL_MAX_TOKENS):
             return nq.int8_matmul(x, self.weight, self.scales, self.out_features)
         w, s, n = self.weight, self.scales, self.out_features
 

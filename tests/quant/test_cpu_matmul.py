@@ -54,11 +54,12 @@ def test_int8_matmul_matches_written_out_math(n, k, group, tokens):
     torch.testing.assert_close(tiled.rows(ids), (q.double() * per_column)[ids].float(), rtol=1e-6, atol=1e-7)
 
 
-def test_small_batches_are_batch_invariant():
+@pytest.mark.parametrize(("bits", "rows"), [(0, cpu_matmul.FLOAT_KERNEL_MAX_TOKENS), (16, cpu_matmul.NUMBA_MAX_TOKENS)])
+def test_small_batches_are_batch_invariant(bits, rows):
     """A row's output is bit-identical whatever the other rows of a kernel-sized batch are."""
     torch.manual_seed(0)
-    tiled = cpu_matmul.TiledInt4.from_packed(*random_int4(192, 576, 32))
-    x = torch.randn(cpu_matmul.NUMBA_MAX_TOKENS, 576)
+    tiled = cpu_matmul.TiledInt4.from_packed(*random_int4(192, 576, 32), activation_bits=bits)
+    x = torch.randn(rows, 576)
     batched = tiled.matmul(x)
     for m in range(x.shape[0]):
         assert torch.equal(tiled.matmul(x[m : m + 1]), batched[m : m + 1])
