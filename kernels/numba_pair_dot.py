@@ -36,8 +36,11 @@ Code per target, chosen when Numba compiles (the host's features, or those of
 * anything else: multiplies and adds on 8-lane int32 vectors, which LLVM
   lowers for the target.
 
-Numba's cache does not see changes to this file from its callers' cache
-entries: after editing it, clear the ``__pycache__`` of ``numba_q8_matmul``.
+Numba's cache keys a function's machine code on its own file's contents only
+(a hash: touching a file changes nothing), and a caller's code holds its
+callees' compiled in: after editing this file, delete the cached
+``numba_q8_matmul.*`` and ``numba_decoder.*`` entries in ``kernels/__pycache__``
+(or change those files), else they keep running the former code.
 """
 
 from llvmlite import ir
