@@ -34,8 +34,10 @@ against 93 / 180 ms; on 2 threads 58 / 114 against 56 / 106: the attention
 here runs in the calling thread).
 
 The compiled layer holds its callees' code (Numba caches it under this file's
-contents only): after changing a kernel it calls, delete the cached
-``numba_decoder.*`` entries in ``kernels/__pycache__``, or it keeps the former one.
+contents only): after changing a kernel it calls (``numba_q8_matmul``,
+``numba_pair_dot``, ``numba_quant_matmul``, the norm, rotary and attention
+kernels), delete the cached ``numba_decoder.*`` entries in
+``kernels/__pycache__``, or it keeps running the former code.
 
 Limits (checked by the caller, :mod:`rusteeze.models.llama`): float32, CPU,
 contiguous caches, at most ``TORCH_PREFILL_MIN_Q - 1`` query tokens per

@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from rusteeze.errors import KernelError
-from rusteeze.kernels.numba_checks import JIT
+from rusteeze.kernels.numba_checks import FASTMATH, JIT
 from rusteeze.kernels.numba_pair_dot import (
     PAIRS,
     pair_sums_1,
@@ -83,6 +83,11 @@ ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight'
 INT16_MAX_BLOCK = 512  # int16 activations × int8 weights: 512 · 127 · 32767 < 2^31, no int32 overflow
 ACT_BITS = (8, 16)  # activation widths the kernels take
 ROWS = 5  # the most activation rows per pass over a weight block (numba_pair_dot: their sums stay in registers)
+# The tiles compile without reassociation: each row's float32 steps run exactly as written (fused multiply-adds
+# where a product feeds an add), so the serial and parallel drivers, a cached compile and a fresh one agree bit
+# for bit (with it, LLVM regrouped a scale product differently in a cached parallel build); nothing here needs
+# a reduction reordered.
+TILE_JIT = {**JIT, "fastmath": FASTMATH - {"reassoc"}}
 
 
 @numba.njit(**JIT)
@@ -114,7 +119,7 @@ def quantize_rows(x, block, qmax, xq, xd, xs):  # pragma: no cover - compiled
             xs[m, b] = d * np.float32(total)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **TILE_JIT)
 def _block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - compiled
     # isum[:rows, :] = the exact int32 sums of rows m .. m + rows - 1 over columns c .. c + size - 1 of tile t
     # (int4: w holds nibbles, w [NT, K/2, R] u8; else w [NT, K, R] i8)
@@ -146,13 +151,13 @@ def _block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - c
                     isum[r, i] += np.int32(w[t, k, i]) * x0
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **TILE_JIT)
 def _block_rows(left):  # pragma: no cover - compiled
     # Rows for the next pass: 4 (the best rate per row, with 5), 5 where a lone row would be left over (5, 9, 13 ...)
     return 5 if left % 4 == 1 and left > 4 else min(4, left)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **TILE_JIT)
 def _group_parts(xq, xd, m, rows, b0, blocks, size, w, t, int4, isum, part):  # pragma: no cover - compiled
     # Integer sums of the group's blocks b0 .. b0 + blocks - 1 into isum; all but the last block's scaled into
     # part[r] (= on the first, += after): _finish_rows adds the last one as it applies the group's scales.
@@ -170,7 +175,7 @@ def _group_parts(xq, xd, m, rows, b0, blocks, size, w, t, int4, isum, part):  # 
                     part[r, i] += np.float32(isum[r, i]) * d
 
 
-@numba.njit(**JIT)
+@numba.njit(**TILE_JIT)
 def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - compiled
     # One tile t: xq [M, K] i16 or i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
     groups = scales.shape[1]
@@ -193,14 +198,14 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
                     xsum += xs[m + r, b]
                 for i in range(TILE):
                     p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
-                    acc[r, i] += p * scales[t, g, i] + mins[t, g, i] * xsum
+                    acc[r, i] = (acc[r, i] + p * scales[t, g, i]) + mins[t, g, i] * xsum
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]
         m += rows
 
 
-@numba.njit(**JIT)
+@numba.njit(**TILE_JIT)
 def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
     # One tile t: xq [M, K] i16 or i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32
     groups = scales.shape[1]
@@ -228,28 +233,28 @@ def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
 
 
 # Each product exists twice: tiles in one thread, or spread over Numba's threads (same tile code: bit-identical).
-@numba.njit(**JIT)
+@numba.njit(**TILE_JIT)
 def int4_q8_serial(xq, xd, xs, w, scales, mins, out):  # pragma: no cover - compiled
     """All tiles of an int4 product in the calling thread; out [M, NT * R] float32."""
     for t in range(w.shape[0]):
         _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t)
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **TILE_JIT)
 def int4_q8_parallel(xq, xd, xs, w, scales, mins, out):  # pragma: no cover - compiled
     """The tiles of an int4 product spread over Numba's threads; out [M, NT * R] float32."""
     for t in numba.prange(w.shape[0]):
         _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t)
 
 
-@numba.njit(**JIT)
+@numba.njit(**TILE_JIT)
 def int8_q8_serial(xq, xd, w, scales, out):  # pragma: no cover - compiled
     """All tiles of an int8 product in the calling thread; out [M, NT * R] float32."""
     for t in range(w.shape[0]):
         _int8_q8_tile(xq, xd, w, scales, out, t)
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **TILE_JIT)
 def int8_q8_parallel(xq, xd, w, scales, out):  # pragma: no cover - compiled
     """The tiles of an int8 product spread over Numba's threads; out [M, NT * R] float32."""
     for t in numba.prange(w.shape[0]):
