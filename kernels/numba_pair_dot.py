@@ -1,6 +1,7 @@
-"""Numba intrinsics: one activation block's integer dot products for up to five rows, on 16-bit pairs.
+"""The inner steps of :mod:`numba_q8_matmul`'s tiles: one activation block's integer dot products, 1-5 rows.
 
-The inner step of :mod:`numba_q8_matmul`'s tiles. For a weight tile (64 output
+Numba intrinsics, and the inline helpers around them (:func:`block_sums`,
+:func:`block_rows`, :func:`group_parts`). For a weight tile (64 output
 rows side by side, :mod:`numba_quant_matmul`'s layout), one activation block of
 ``2 · PAIRS = 32`` columns starting at column ``c`` and activation rows
 ``m .. m + rows - 1``, ``pair_sums_<rows>(xq, m, c, w, t, isum)`` writes
@@ -43,13 +44,22 @@ callees' compiled in: after editing this file, delete the cached
 (or change those files), else they keep running the former code.
 """
 
+import numba
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from rusteeze.kernels.numba_checks import FASTMATH, JIT
+
 PAIRS = 16  # column pairs per call: one activation block of 32 values
 LANES = 64  # lanes of a weight tile (numba_quant_matmul.TILE)
 VECTORS = 4  # vectors per row per pass: rows × VECTORS lane sums stay in registers
+# The tiles and these helpers compile without reassociation: each row's float32 steps run exactly as written
+# (fused multiply-adds where a product feeds an add), so the serial and parallel drivers, a cached compile and
+# a fresh one agree bit for bit (with it, LLVM regrouped a scale product differently in a cached parallel
+# build); nothing here needs a reduction reordered.
+TILE_JIT = {**JIT, "fastmath": FASTMATH - {"reassoc"}}
 
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
 _AVX512_MADD = "llvm.x86.avx512.pmaddw.d.512"
@@ -190,3 +200,65 @@ pair_sums_2 = _pair_sums(2)
 pair_sums_3 = _pair_sums(3)
 pair_sums_4 = _pair_sums(4)
 pair_sums_5 = _pair_sums(5)
+
+
+@numba.njit(inline="always", **TILE_JIT)
+def block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - compiled
+    """isum[:rows] = the exact int32 sums of rows m .. m + rows - 1 over columns c .. c + size - 1 of tile t.
+
+    int4: w [NT, K/2, 64] u8 (nibbles), else w [NT, K, 64] i8. Blocks of 32 take the pair intrinsics, other
+    sizes (group sizes that 32 does not divide) a plain loop, one row at a time: the same sums.
+    """
+    if size == 2 * PAIRS:
+        if rows == 5:
+            pair_sums_5(xq, m, c, w, t, isum)
+        elif rows == 4:
+            pair_sums_4(xq, m, c, w, t, isum)
+        elif rows == 3:
+            pair_sums_3(xq, m, c, w, t, isum)
+        elif rows == 2:
+            pair_sums_2(xq, m, c, w, t, isum)
+        else:
+            pair_sums_1(xq, m, c, w, t, isum)
+        return
+    for r in range(rows):
+        isum[r, :] = np.int32(0)
+        if int4:
+            for j in range(c // 2, (c + size) // 2):
+                x0 = np.int32(xq[m + r, 2 * j])
+                x1 = np.int32(xq[m + r, 2 * j + 1])
+                for i in range(LANES):
+                    v = np.int32(w[t, j, i])
+                    isum[r, i] += (v & 15) * x0 + (v >> 4) * x1
+        else:
+            for k in range(c, c + size):
+                x0 = np.int32(xq[m + r, k])
+                for i in range(LANES):
+                    isum[r, i] += np.int32(w[t, k, i]) * x0
+
+
+@numba.njit(inline="always", **TILE_JIT)
+def block_rows(left):  # pragma: no cover - compiled
+    """Rows for the next pass over a weight block: 4 (the best rate per row, with 5), 5 where one would be left."""
+    return 5 if left % 4 == 1 and left > 4 else min(4, left)
+
+
+@numba.njit(inline="always", **TILE_JIT)
+def group_parts(xq, xd, m, rows, b0, blocks, size, w, t, int4, isum, part):  # pragma: no cover - compiled
+    """A weight group's blocks b0 .. b0 + blocks - 1 for rows m .. m + rows - 1: isum = the last block's sums.
+
+    The blocks before it are scaled by their row's d = xd[m + r, b] into part[r] (= on the first, += after);
+    the caller adds the last one as it applies the group's scales.
+    """
+    for b in range(b0, b0 + blocks):
+        block_sums(xq, m, rows, b * size, size, w, t, isum, int4)
+        if b == b0 + blocks - 1:
+            return
+        for r in range(rows):
+            d = xd[m + r, b]
+            if b == b0:
+                for i in range(LANES):
+                    part[r, i] = np.float32(isum[r, i]) * d
+            else:
+                for i in range(LANES):
+                    part[r, i] += np.float32(isum[r, i]) * d

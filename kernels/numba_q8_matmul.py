@@ -68,26 +68,14 @@ import numpy as np
 import torch
 
 from rusteeze.errors import KernelError
-from rusteeze.kernels.numba_checks import FASTMATH, JIT
-from rusteeze.kernels.numba_pair_dot import (
-    PAIRS,
-    pair_sums_1,
-    pair_sums_2,
-    pair_sums_3,
-    pair_sums_4,
-    pair_sums_5,
-)
+from rusteeze.kernels.numba_checks import JIT
+from rusteeze.kernels.numba_pair_dot import TILE_JIT, block_rows, group_parts
 from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
 
 ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight's group size
 INT16_MAX_BLOCK = 512  # int16 activations × int8 weights: 512 · 127 · 32767 < 2^31, no int32 overflow
 ACT_BITS = (8, 16)  # activation widths the kernels take
-ROWS = 5  # the most activation rows per pass over a weight block (numba_pair_dot: their sums stay in registers)
-# The tiles compile without reassociation: each row's float32 steps run exactly as written (fused multiply-adds
-# where a product feeds an add), so the serial and parallel drivers, a cached compile and a fresh one agree bit
-# for bit (with it, LLVM regrouped a scale product differently in a cached parallel build); nothing here needs
-# a reduction reordered.
-TILE_JIT = {**JIT, "fastmath": FASTMATH - {"reassoc"}}
+ROWS = 5  # the most activation rows per pass over a weight block (numba_pair_dot.block_rows)
 
 
 @numba.njit(**JIT)
@@ -119,62 +107,6 @@ def quantize_rows(x, block, qmax, xq, xd, xs):  # pragma: no cover - compiled
             xs[m, b] = d * np.float32(total)
 
 
-@numba.njit(inline="always", **TILE_JIT)
-def _block_sums(xq, m, rows, c, size, w, t, isum, int4):  # pragma: no cover - compiled
-    # isum[:rows, :] = the exact int32 sums of rows m .. m + rows - 1 over columns c .. c + size - 1 of tile t
-    # (int4: w holds nibbles, w [NT, K/2, R] u8; else w [NT, K, R] i8)
-    if size == 2 * PAIRS:
-        if rows == 5:
-            pair_sums_5(xq, m, c, w, t, isum)
-        elif rows == 4:
-            pair_sums_4(xq, m, c, w, t, isum)
-        elif rows == 3:
-            pair_sums_3(xq, m, c, w, t, isum)
-        elif rows == 2:
-            pair_sums_2(xq, m, c, w, t, isum)
-        else:
-            pair_sums_1(xq, m, c, w, t, isum)
-        return
-    for r in range(rows):  # other block sizes (group sizes that 32 does not divide): one row at a time
-        isum[r, :] = np.int32(0)
-        if int4:
-            for j in range(c // 2, (c + size) // 2):
-                x0 = np.int32(xq[m + r, 2 * j])
-                x1 = np.int32(xq[m + r, 2 * j + 1])
-                for i in range(TILE):
-                    v = np.int32(w[t, j, i])
-                    isum[r, i] += (v & 15) * x0 + (v >> 4) * x1
-        else:
-            for k in range(c, c + size):
-                x0 = np.int32(xq[m + r, k])
-                for i in range(TILE):
-                    isum[r, i] += np.int32(w[t, k, i]) * x0
-
-
-@numba.njit(inline="always", **TILE_JIT)
-def _block_rows(left):  # pragma: no cover - compiled
-    # Rows for the next pass: 4 (the best rate per row, with 5), 5 where a lone row would be left over (5, 9, 13 ...)
-    return 5 if left % 4 == 1 and left > 4 else min(4, left)
-
-
-@numba.njit(inline="always", **TILE_JIT)
-def _group_parts(xq, xd, m, rows, b0, blocks, size, w, t, int4, isum, part):  # pragma: no cover - compiled
-    # Integer sums of the group's blocks b0 .. b0 + blocks - 1 into isum; all but the last block's scaled into
-    # part[r] (= on the first, += after): _finish_rows adds the last one as it applies the group's scales.
-    for b in range(b0, b0 + blocks):
-        _block_sums(xq, m, rows, b * size, size, w, t, isum, int4)
-        if b == b0 + blocks - 1:
-            return
-        for r in range(rows):
-            d = xd[m + r, b]
-            if b == b0:
-                for i in range(TILE):
-                    part[r, i] = np.float32(isum[r, i]) * d
-            else:
-                for i in range(TILE):
-                    part[r, i] += np.float32(isum[r, i]) * d
-
-
 @numba.njit(**TILE_JIT)
 def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - compiled
     # One tile t: xq [M, K] i16 or i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
@@ -186,11 +118,11 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
     acc = np.empty((ROWS, TILE), np.float32)
     m = 0
     while m < xq.shape[0]:  # a block of rows: each row's order of operations is its own
-        rows = _block_rows(xq.shape[0] - m)
+        rows = block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
             b0, last = g * blocks, (g + 1) * blocks - 1
-            _group_parts(xq, xd, m, rows, b0, blocks, size, w, t, True, isum, part)
+            group_parts(xq, xd, m, rows, b0, blocks, size, w, t, True, isum, part)
             for r in range(rows):
                 d = xd[m + r, last]
                 xsum = xs[m + r, b0]  # d · Σ q over the group's blocks: the asymmetric min's share
@@ -216,11 +148,11 @@ def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
     acc = np.empty((ROWS, TILE), np.float32)
     m = 0
     while m < xq.shape[0]:
-        rows = _block_rows(xq.shape[0] - m)
+        rows = block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
             last = (g + 1) * blocks - 1
-            _group_parts(xq, xd, m, rows, g * blocks, blocks, size, w, t, False, isum, part)
+            group_parts(xq, xd, m, rows, g * blocks, blocks, size, w, t, False, isum, part)
             for r in range(rows):
                 d = xd[m + r, last]
                 for i in range(TILE):
