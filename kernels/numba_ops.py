@@ -55,12 +55,14 @@ KERNEL_MODULES: tuple[ModuleType, ...] = (
 
 
 def _dispatchers() -> list[CPUDispatcher]:
-    """The kernels each module defines (helpers imported from elsewhere and only inlined have no cache entry)."""
+    """The kernels each module defines (helpers imported from elsewhere, or always inlined, have no cache entry)."""
     return [
         f
         for m in KERNEL_MODULES
         for f in vars(m).values()
-        if isinstance(f, CPUDispatcher) and f.py_func.__module__ == m.__name__
+        if isinstance(f, CPUDispatcher)
+        and f.py_func.__module__ == m.__name__
+        and f.targetoptions.get("inline", "never") != "always"
     ]
 
 
@@ -120,10 +122,12 @@ def warm_up() -> float:
     numba_quant_matmul.int4_matmul(x, *int4, 2)
     numba_quant_matmul.int4_matmul(torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8), *int4, 2)
     numba_quant_matmul.dequantize_int4_t(*int4, 2)
+    numba_quant_matmul.dequantize_int4_t(*int4, 2, out=torch.empty(8, 64, dtype=torch.bfloat16))
     int8 = numba_quant_matmul.repack_int8(torch.zeros(2, 8, dtype=torch.int8), scales)
     numba_quant_matmul.int8_matmul(x, *int8, 2)
     numba_quant_matmul.int8_matmul(torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8), *int8, 2)
     numba_quant_matmul.dequantize_int8_t(*int8, 2)
+    numba_quant_matmul.dequantize_int8_t(*int8, 2, out=torch.empty(8, 64, dtype=torch.bfloat16))
     numba_q8_matmul.act_block(32)
     for rows in (x, torch.ones(numba_quant_matmul.PARALLEL_MIN_MACS // 16 + 1, 8)):  # serial, then threaded
         numba_q8_matmul.int4_matmul_q8(rows, *int4, 2)
