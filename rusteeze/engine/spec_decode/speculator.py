@@ -7,8 +7,9 @@ to the sequence's step (and may cut them to its token budget or drop them for la
 blocks); the runner verifies them (``verify.verify_drafts``).
 
 How many: a cost model. A step over ``T`` tokens costs about ``F + c·T`` (``F``: the per-step
-overhead, ``fixed_cost_tokens = F / c`` in token-equivalents; on CPUs the matmuls cost ~per
-token, so F/c ~ 0.5; on GPUs a decode step is bound by reading the weights, so F/c is in the
+overhead, ``fixed_cost_tokens = F / c`` in token-equivalents; on CPUs the integer tiles take
+rows in blocks of 4-5 per loaded weight vector, so a 5-token step costs ~1.9x a 1-token one
+(SmolLM2) and F/c ~ 3; on GPUs a decode step is bound by reading the weights, so F/c is in the
 hundreds). Among ``B`` decoding sequences a draft token then costs ``beta = 1 / (1 + F / (c·B))``
 of a plain step's share, and with per-token acceptance ``a`` a proposal of ``k`` drafts yields
 ``(1 - a^(k+1)) / (1 - a)`` tokens for ``1 + (beta + r)·k`` cost, where ``r`` is the draft
@@ -39,7 +40,7 @@ PRIOR_ACCEPTANCE = 0.8  # prior of the per-token acceptance
 PRIOR_WEIGHT = 2  # ... worth this many judged draft tokens
 PAUSE = 8  # steps without proposals after drafting stopped paying
 MAX_PAUSE = 128  # longest pause (the pause doubles after each failed retry)
-FIXED_COST_TOKENS = {"cpu": 0.5, "cuda": 256.0}  # F / c per device type (measured on SmolLM2; see docs)
+FIXED_COST_TOKENS = {"cpu": 3.0, "cuda": 256.0}  # F / c per device type (measured on SmolLM2; see docs)
 
 
 MIN_GAIN = 1.05  # drafting must promise this many times plain decoding's tokens per unit of cost
