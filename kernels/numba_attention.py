@@ -15,25 +15,46 @@ Keys are read in place through the block table (no gather copy), only inside
 the tile's visible range ``[lo of its first query, hi of its last)``: slots
 outside it (unwritten, NaN, or in released sliding-window blocks, table entry
 -1) are never read. Softmax is online over chunks of ``CHUNK`` keys on a grid
-of absolute key positions: per chunk, the scores of every row, the chunk max,
-one rescale of the row's running sum and accumulator, ``exp`` (vectorized, see
-``numba_checks.exp_parts``) and the value accumulation.
+of absolute key positions. Per chunk: the flat cache offset of each key row
+(one block-table lookup per block run, shared by every row); the scores of
+every row, 16 keys per :func:`~numba_attention_simd.score_group` call (the 16
+dot products in registers, reduced together); the chunk max, one rescale of the
+row's running sum and accumulator, ``exp`` (vectorized, see
+``numba_checks.exp_parts``); and the values, a query token's G rows at a time
+(:func:`~numba_attention_simd.value_rows_3` etc.: their accumulators in
+registers over the token's visible keys, no per-key branch).
 
 Batch invariance: a row's result depends only on its own query, its visible
 key range and the fixed chunk grid — not on the tile it shares, the batch, or
 the thread count. A decode step of position ``p`` computes exactly what the
-prefill row of position ``p`` computes.
+prefill row of position ``p`` computes: a tile's keys start at its first row's
+window, so one key may sit in another slot of a 16-key group in the decode
+than in the prefill tile, and ``score_group`` sums every slot in the same order
+(see :mod:`numba_attention_simd`); a row's values are added key by key in key
+order, whichever rows share the pass.
 
 Memory traffic: every K/V element in a tile's range is read once per (query
 tile, KV head) — for decode exactly once per sequence, ``2·ctx·Hk·D·4`` bytes —
-plus q and out once.
+plus q and out once. A decode step reads 512 bytes of K and V per key for G = 3
+(query row, key) pairs, from blocks in random places: on the machine of
+docs/kernels.md (AVX-512 EPYC, 1 thread) such reads stream at ~10 GB/s (28 GB/s
+in order), ~17 ns per pair, so a model's decode (each layer's cache long gone
+from L3) is memory-bound. ``benches/attention_kernel.py``, SmolLM2 (9 / 3 heads,
+head_dim 64, block 16), 64 sequences of 130 keys, ns per (row, key) pair, the
+former kernel (a dot product and a horizontal sum per row and key, a branch and
+an axpy per row and key) → this one, same run: keys in L2/L3 13.7 → 8.9 at 1
+thread, 8.8 → 5.1 at 2; keys from memory (30 layers' caches cycled) 35.2 → 28.6
+at 1 thread, 18.2 → 14.6 at 2; 4-token tiles from memory 20.6 → 11.7 (1 thread).
+One sequence of 512 keys in L2: 5.5 ns per pair (scores 2.5, softmax 1.0,
+values 1.6, the rest 0.4).
 
 Float32 only (other dtypes fall back to ``torch_ops.paged_attention``).
 Sequences with at least ``TORCH_PREFILL_MIN_Q`` query tokens go to the torch op
-(SDPA), one sub-batch per call: this kernel costs ~12 ns per (query row, key)
-pair on the machine of docs/kernels.md, SDPA ~6 ns plus ~100 µs per call, so
-SDPA wins from 4-16 query tokens on (the routing depends only on the
-sequence's own query count: still batch invariant).
+(SDPA), one sub-batch per call: the former kernel cost ~12 ns per (query row,
+key) pair on the machine of docs/kernels.md, SDPA ~6 ns plus ~100 µs per call,
+so SDPA won from 4-16 query tokens on (the routing depends only on the
+sequence's own query count: still batch invariant; not re-measured for this
+kernel, ~6-11 ns per pair in 4-token tiles).
 """
 
 import numba
@@ -42,6 +63,15 @@ import torch
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels import torch_ops
+from rusteeze.kernels.numba_attention_simd import (
+    GROUP,
+    PAD,
+    score_group,
+    value_rows_1,
+    value_rows_2,
+    value_rows_3,
+    value_rows_4,
+)
 from rusteeze.kernels.numba_checks import JIT, check_cpu, exp_parts, index_array, is_f32
 from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_tensor
 
@@ -63,13 +93,15 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
     first query row; q_len: its query count; scale: softmax scale; window: sliding
     window or 0; out: [T, Hq, D], rows written. Returns _OK or _BAD_BLOCK.
     """
-    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
+    num_blocks, block_size, kv_heads = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
     head_dim = q.shape[2]
-    group = q.shape[1] // k_cache.shape[2]
+    group = q.shape[1] // kv_heads
     rows = nq * group
-    qs = np.empty((rows, head_dim), np.float32)
-    acc = np.zeros((rows, head_dim), np.float32)
-    s = np.empty((rows, CHUNK), np.float32)
+    width = -(-head_dim // PAD) * PAD
+    qs = np.zeros((rows, width), np.float32)  # scaled queries, zero past head_dim
+    acc = np.zeros((rows, width), np.float32)
+    s = np.empty((rows, CHUNK + GROUP), np.float32)  # scores, then probabilities (GROUP: score_group's overrun)
+    koff = np.empty(CHUNK, np.int64)  # flat offset of each key row of the chunk in k_cache / v_cache
     m = np.full(rows, -np.inf, np.float32)
     l_sum = np.zeros(rows, np.float32)
     lo = np.empty(rows, np.int64)
@@ -94,22 +126,13 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
     while c < k_hi:
         c_end = min(c + CHUNK, k_hi)
         j_start = max(c, k_lo)
-        # scores of every row against keys [j_start, c_end), block run by block run
-        j = j_start
-        while j < c_end:
-            lb = j // block_size
-            blk = table[lb]
-            if blk < 0 or blk >= num_blocks:
-                return _BAD_BLOCK
-            run_end = min(c_end, (lb + 1) * block_size)
-            for jj in range(j, run_end):
-                krow = k_cache[blk, jj - lb * block_size, g]
-                for r in range(rows):
-                    dot = np.float32(0.0)
-                    for d in range(head_dim):
-                        dot += qs[r, d] * krow[d]
-                    s[r, jj - c] = dot
-            j = run_end
+        # the chunk's key rows [j_start, c_end): one block-table lookup per block run, shared by every row
+        if not _chunk_rows(table, num_blocks, block_size, kv_heads, g, head_dim, c, j_start, c_end, koff):
+            return _BAD_BLOCK
+        # scores of every row against all of them, GROUP keys at a time
+        for r in range(rows):
+            for col in range(j_start - c, c_end - c, GROUP):
+                score_group(qs, r, k_cache, koff, col, min(GROUP, c_end - c - col), s)
         # online softmax: each row over its own visible part of the chunk
         for r in range(rows):
             a = max(lo[r], j_start) - c
@@ -137,21 +160,13 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
                 part[k] = p
                 total += p
             l_sum[r] += total
-        # values, weighted by the probabilities now in s
-        j = j_start
-        while j < c_end:
-            lb = j // block_size
-            blk = table[lb]
-            run_end = min(c_end, (lb + 1) * block_size)
-            for jj in range(j, run_end):
-                vrow = v_cache[blk, jj - lb * block_size, g]
-                for r in range(rows):
-                    if jj < lo[r] or jj >= hi[r]:
-                        continue
-                    p = s[r, jj - c]
-                    for d in range(head_dim):
-                        acc[r, d] += p * vrow[d]
-            j = run_end
+        # values weighted by the probabilities now in s: a token's G rows share its visible range
+        for iq in range(nq):
+            r = iq * group
+            a = max(lo[r], j_start) - c
+            e = min(hi[r], c_end) - c
+            if a < e:
+                _value_rows(acc, r, group, s, v_cache, koff, a, e)
         c += CHUNK
     for iq in range(nq):
         for h in range(group):
@@ -161,6 +176,43 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
             for d in range(head_dim):
                 orow[d] = acc[r, d] * inv
     return _OK
+
+
+@numba.njit(inline="always", **JIT)
+def _chunk_rows(table, num_blocks, block_size, kv_heads, g, head_dim, c, j_start, c_end, koff):
+    """koff[j - c] = the flat cache offset of key j's head-g row, j in [j_start, c_end); False on a bad block."""
+    j = j_start
+    while j < c_end:
+        lb = j // block_size
+        blk = table[lb]
+        if blk < 0 or blk >= num_blocks:
+            return False
+        run_end = min(c_end, (lb + 1) * block_size)
+        base = ((blk * block_size + j - lb * block_size) * kv_heads + g) * head_dim
+        for jj in range(j, run_end):
+            koff[jj - c] = base + (jj - j) * kv_heads * head_dim
+        j = run_end
+    return True
+
+
+@numba.njit(inline="always", **JIT)
+def _value_rows(acc, r0, count, s, v_cache, koff, a, e):
+    """acc[r0 + i] += Σ_{a <= k < e} s[r0 + i, k] · V(koff[k]) for i < count, up to 4 rows per pass."""
+    r = r0
+    while r < r0 + count:
+        left = r0 + count - r
+        if left >= 4:
+            value_rows_4(acc, r, s, v_cache, koff, a, e)
+            r += 4
+        elif left == 3:
+            value_rows_3(acc, r, s, v_cache, koff, a, e)
+            r += 3
+        elif left == 2:
+            value_rows_2(acc, r, s, v_cache, koff, a, e)
+            r += 2
+        else:
+            value_rows_1(acc, r, s, v_cache, koff, a, e)
+            r += 1
 
 
 _BAD_BLOCK_STATUS = -(1 << 62)

@@ -85,6 +85,9 @@ CASES = {
     "sliding-window-released-decode": ([(200, 1), (37, 1), (64, 1)], 16, 9, 3, 64, 50, True),
     "sliding-window-released-chunks": ([(230, 30), (90, 1), (45, 45)], 8, 4, 4, 48, 33, True),
     "sliding-window-wider-than-context": ([(20, 20), (30, 1)], 16, 3, 1, 64, 1000, True),
+    # head dims that 16 does not divide (masked tail loads), G = 2 and 5 (value rows in passes of 4 + 1)
+    "decode-gqa2-d20-block4": ([(3, 1), (21, 1), (70, 1)], 4, 4, 2, 20, None, False),
+    "chunks-gqa5-d72-window-released": ([(150, 6), (33, 2), (200, 1)], 8, 10, 2, 72, 41, True),
 }
 
 
@@ -153,6 +156,27 @@ def test_decode_step_equals_the_prefill_row_of_the_same_position():
     prefill = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.125, torch_prefill_min_q=NUMBA_ONLY)
     decode = paged_attention(q[-1:], k_cache, v_cache, torch.tensor([0, 1], dtype=torch.int32), seq_lens, tables, 0.125)
     assert torch.equal(decode[0], prefill[-1])
+
+
+@pytest.mark.parametrize(("window", "dim", "block_size"), [(None, 64, 16), (37, 40, 8), (None, 24, 1)])
+def test_every_prefill_row_equals_its_decode_step(window, dim, block_size):
+    """Each row of a prefill (one tile of 2, many tiles of 100) equals the decode step of its position, bit for bit.
+
+    The decode's keys start at the row's own window, the prefill tile's at its first row's: the
+    scores of one key then sit in other slots of a 16-key group, and must not change.
+    """
+    ctx = 100
+    q, k_cache, v_cache, cu, seq_lens, tables, *_ = make_batch([(ctx, ctx)], block_size, 9, 3, dim, seed=8)
+    full = paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, 0.3, window, torch_prefill_min_q=NUMBA_ONLY)
+    one = torch.tensor([0, 1], dtype=torch.int32)
+    two = paged_attention(
+        q[-2:], k_cache, v_cache, torch.tensor([0, 2], dtype=torch.int32), seq_lens, tables, 0.3, window
+    )
+    assert torch.equal(two, full[-2:])
+    for pos in range(ctx):
+        lens = torch.tensor([pos + 1], dtype=torch.int32)
+        decode = paged_attention(q[pos : pos + 1], k_cache, v_cache, one, lens, tables, 0.3, window)
+        assert torch.equal(decode[0], full[pos]), pos
 
 
 def test_strided_q_int64_indices_and_fallback_dtype():
