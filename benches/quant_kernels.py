@@ -81,10 +81,16 @@ def load_baseline(rev: str) -> ModuleType:
 
 
 def kernel_call(module: ModuleType, tiled, x: torch.Tensor):
-    """A call of ``module``'s integer kernel on the layer's tiles (the wrappers' own quantization included)."""
+    """A call of ``module``'s integer kernel on the layer's tiles (the wrappers' own quantization included).
+
+    Kernels from before the float16 tiles (git c68a9f2 and older: no ``half_bits``) get the same values as float32.
+    """
+    float32 = not hasattr(module, "half_bits")
+    scales = tiled.scales.float() if float32 else tiled.scales  # converted once, outside the timed call
     if isinstance(tiled, cpu_matmul.TiledInt4):
-        return lambda: module.int4_matmul_q8(x, tiled.weight, tiled.scales, tiled.mins, tiled.out_features)
-    return lambda: module.int8_matmul_q8(x, tiled.weight, tiled.scales, tiled.out_features)
+        mins = tiled.mins.float() if float32 else tiled.mins
+        return lambda: module.int4_matmul_q8(x, tiled.weight, scales, mins, tiled.out_features)
+    return lambda: module.int8_matmul_q8(x, tiled.weight, scales, tiled.out_features)
 
 
 def rows_table(baseline: ModuleType | None) -> None:

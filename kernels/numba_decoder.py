@@ -15,13 +15,14 @@ conversions) is compiled code instead of Python. Float32 weights (an
 ``nn.Linear`` left unquantized) use a row-by-row dot product here (the per-op
 path uses torch's GEMM): results differ only by float32 summation order.
 
-Each linear is handed over as one :data:`LinearArgs` tuple ``(kind, w4, s4,
-m4, w8, s8, wf, bias)``: ``kind`` selects int4 tiles (``w4``/``s4``/``m4``),
-int8 tiles (``w8``/``s8``), each with float32 activations or activations
-quantized to int16 per block (``numba_q8_matmul``; dtype "auto"), or a float32 ``[N, K]`` weight (``wf``); the unused
-arrays are empty, so every layer, whatever its formats, runs the one compiled
-signature. Rows run in the calling thread, each in a fixed order that does not
-depend on the other rows (batch invariant, as the per-op kernels).
+Each linear is handed over as one :data:`LinearArgs` tuple ``(kind, w4, s4, m4,
+w8, s8, wf, bias)``: ``kind`` selects int4 tiles (``w4``/``s4``/``m4``), int8
+tiles (``w8``/``s8``), scales and mins as float16 bits (uint16), each with
+float32 activations or activations quantized to int16 per block
+(``numba_q8_matmul``; dtype "auto"), or a float32 ``[N, K]`` weight (``wf``);
+the unused arrays are empty, so every layer, whatever its formats, runs the one
+compiled signature. Rows run in the calling thread, each in a fixed order that
+does not depend on the other rows (batch invariant, as the per-op kernels).
 
 With int16 activations the tiles take a step's rows 4-5 at a time, reading
 each weight block once for all of them, so a step's cost grows slowly with its
@@ -53,6 +54,7 @@ import torch
 from rusteeze.kernels.numba_activation import _silu_and_mul_rows
 from rusteeze.kernels.numba_attention import _OK, TORCH_PREFILL_MIN_Q, _attention_serial
 from rusteeze.kernels.numba_checks import JIT, array, index_array, is_f32
+from rusteeze.kernels.numba_half import half_bits
 from rusteeze.kernels.numba_norm import _add_rms_norm_rows, _rms_norm_rows
 from rusteeze.kernels.numba_q8_matmul import (
     act_block,
@@ -83,7 +85,7 @@ __all__ = [
 
 _EMPTY_U8 = np.empty((0, 0, 0), np.uint8)
 _EMPTY_I8 = np.empty((0, 0, 0), np.int8)
-_EMPTY_F3 = np.empty((0, 0, 0), np.float32)
+_EMPTY_U16 = np.empty((0, 0, 0), np.uint16)  # no scales (float16 bits)
 # Products from this size spread their tiles over Numba's threads (the same tile code:
 # bit-identical results). A compile-time constant of the fused layer.
 FUSED_PARALLEL_MIN_MACS = 1 << 18
@@ -279,8 +281,8 @@ def linear_args(module: torch.nn.Module) -> tuple | None:
         q16 = tiled.activation_bits == 16
         kind = (KIND_INT4_Q16 if q16 else KIND_INT4) if int4 else (KIND_INT8_Q16 if q16 else KIND_INT8)
         if int4:
-            return (kind, w, tiled.scales.numpy(), tiled.mins.numpy(), _EMPTY_I8, _EMPTY_F3, _EMPTY_F2, b)
-        return (kind, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, w, tiled.scales.numpy(), _EMPTY_F2, b)
+            return (kind, w, half_bits(tiled.scales), half_bits(tiled.mins), _EMPTY_I8, _EMPTY_U16, _EMPTY_F2, b)
+        return (kind, _EMPTY_U8, _EMPTY_U16, _EMPTY_U16, w, half_bits(tiled.scales), _EMPTY_F2, b)
     weight = getattr(module, "weight", None)
     if (
         isinstance(module, torch.nn.Linear)
@@ -289,7 +291,7 @@ def linear_args(module: torch.nn.Module) -> tuple | None:
         and weight.is_cpu
         and weight.is_contiguous()
     ):
-        return (KIND_F32, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, _EMPTY_I8, _EMPTY_F3, weight.detach().numpy(), b)
+        return (KIND_F32, _EMPTY_U8, _EMPTY_U16, _EMPTY_U16, _EMPTY_I8, _EMPTY_U16, weight.detach().numpy(), b)
     return None
 
 
@@ -302,15 +304,15 @@ def warm_up() -> None:
 
     def int4(n: int, k: int) -> tuple:
         w, s, mn = nq.repack_int4(torch.zeros(n, k // 2, dtype=torch.uint8), torch.ones(n, 1), torch.zeros(n, 1))
-        return (KIND_INT4, w.numpy(), s.numpy(), mn.numpy(), _EMPTY_I8, _EMPTY_F3, _EMPTY_F2, _EMPTY_F1)
+        return (KIND_INT4, w.numpy(), half_bits(s), half_bits(mn), _EMPTY_I8, _EMPTY_U16, _EMPTY_F2, _EMPTY_F1)
 
     def int8(n: int, k: int) -> tuple:
         w, s = nq.repack_int8(torch.zeros(n, k, dtype=torch.int8), torch.ones(n))
-        return (KIND_INT8, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, w.numpy(), s.numpy(), _EMPTY_F2, _EMPTY_F1)
+        return (KIND_INT8, _EMPTY_U8, _EMPTY_U16, _EMPTY_U16, w.numpy(), half_bits(s), _EMPTY_F2, _EMPTY_F1)
 
     def f32(n: int, k: int) -> tuple:
         w = torch.randn(n, k, generator=g).numpy()
-        return (KIND_F32, _EMPTY_U8, _EMPTY_F3, _EMPTY_F3, _EMPTY_I8, _EMPTY_F3, w, np.zeros(n, np.float32))
+        return (KIND_F32, _EMPTY_U8, _EMPTY_U16, _EMPTY_U16, _EMPTY_I8, _EMPTY_U16, w, np.zeros(n, np.float32))
 
     x = np.ones((1, hidden), np.float32)
     res = np.empty_like(x)

@@ -1,7 +1,9 @@
 """Numba CPU kernels for quantized matmul with integer activations: integer dot products, as llama.cpp's q8 path.
 
 The weights are :mod:`numba_quant_matmul`'s row tiles (int4 ``w [N/R, K/2, R]``
-uint8 or int8 ``w [N/R, K, R]``, group scales/mins ``[N/R, K/G, R]``). The
+uint8 or int8 ``w [N/R, K, R]``, group scales/mins ``[N/R, K/G, R]`` float16,
+taken as their uint16 bits and converted to float32 once per group and block of
+rows, :func:`numba_half.tile_halves`). The
 activations ``x [M, K]`` float32 are quantized once per call, per block of
 ``B`` values (``B = 32`` when it divides the weight's group size ``G``, else
 ``B = G``), to int16 (``bits=16``, ``d = max|x| / 32767``) or int8 (``bits=8``,
@@ -69,6 +71,7 @@ import torch
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels.numba_checks import JIT
+from rusteeze.kernels.numba_half import half_bits, tile_halves
 from rusteeze.kernels.numba_pair_dot import TILE_JIT, block_rows, group_parts
 from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
 
@@ -109,19 +112,22 @@ def quantize_rows(x, block, qmax, xq, xd, xs):  # pragma: no cover - compiled
 
 @numba.njit(**TILE_JIT)
 def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - compiled
-    # One tile t: xq [M, K] i16 or i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32
+    # One tile t: xq [M, K] i16 or i8, xd/xs [M, K/B] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] u16 (f16)
     groups = scales.shape[1]
     blocks = xd.shape[1] // groups  # activation blocks per weight group
     size = xq.shape[1] // xd.shape[1]  # B
     isum = np.empty((ROWS, TILE), np.int32)
     part = np.empty((ROWS, TILE), np.float32)  # Σ d_b · isum_b over the group's blocks but the last
     acc = np.empty((ROWS, TILE), np.float32)
+    sm = np.empty((2, TILE), np.float32)  # the group's scales and mins as float32
     m = 0
     while m < xq.shape[0]:  # a block of rows: each row's order of operations is its own
         rows = block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
             b0, last = g * blocks, (g + 1) * blocks - 1
+            tile_halves(scales, t, g, sm, 0)
+            tile_halves(mins, t, g, sm, 1)
             group_parts(xq, xd, m, rows, b0, blocks, size, w, t, True, isum, part)
             for r in range(rows):
                 d = xd[m + r, last]
@@ -130,7 +136,7 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
                     xsum += xs[m + r, b]
                 for i in range(TILE):
                     p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
-                    acc[r, i] = (acc[r, i] + p * scales[t, g, i]) + mins[t, g, i] * xsum
+                    acc[r, i] = (acc[r, i] + p * sm[0, i]) + sm[1, i] * xsum
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]
@@ -139,25 +145,27 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
 
 @numba.njit(**TILE_JIT)
 def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
-    # One tile t: xq [M, K] i16 or i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32
+    # One tile t: xq [M, K] i16 or i8, xd [M, K/B] f32, w [NT, K, R] i8, scales [NT, K/G, R] u16 (f16 bits)
     groups = scales.shape[1]
     blocks = xd.shape[1] // groups
     size = xq.shape[1] // xd.shape[1]  # B
     isum = np.empty((ROWS, TILE), np.int32)
     part = np.empty((ROWS, TILE), np.float32)
     acc = np.empty((ROWS, TILE), np.float32)
+    s = np.empty((1, TILE), np.float32)  # the group's scales as float32
     m = 0
     while m < xq.shape[0]:
         rows = block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
             last = (g + 1) * blocks - 1
+            tile_halves(scales, t, g, s, 0)
             group_parts(xq, xd, m, rows, g * blocks, blocks, size, w, t, False, isum, part)
             for r in range(rows):
                 d = xd[m + r, last]
                 for i in range(TILE):
                     p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
-                    acc[r, i] += p * scales[t, g, i]
+                    acc[r, i] += p * s[0, i]
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]
@@ -223,13 +231,13 @@ def int4_matmul_q8(
     ``bits``: x quantized to int16 (default; near float32) or int8 (llama.cpp's q8) per block.
 
     Raises:
-        KernelError: wrong shapes, devices or bits.
+        KernelError: wrong shapes, devices or bits, or scales that are not float16.
     """
     k = w.shape[1] * 2
     xq, xd, xs = _quantized(x, w, k, n, k // scales.shape[1], bits)
     out = np.empty((xq.shape[0], w.shape[0] * TILE), np.float32)
     kernel = int4_q8_parallel if xq.shape[0] * n * k >= PARALLEL_MIN_MACS else int4_q8_serial
-    kernel(xq, xd, xs, w.numpy(), scales.numpy(), mins.numpy(), out)
+    kernel(xq, xd, xs, w.numpy(), half_bits(scales), half_bits(mins), out)
     return torch.from_numpy(out)[:, :n]
 
 
@@ -240,11 +248,11 @@ def int8_matmul_q8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: in
     int8 × int16 products still pair into 16-bit dot products.
 
     Raises:
-        KernelError: wrong shapes, devices or bits.
+        KernelError: wrong shapes, devices or bits, or scales that are not float16.
     """
     k = w.shape[1]
     xq, xd, _ = _quantized(x, w, k, n, k // scales.shape[1], bits)
     out = np.empty((xq.shape[0], w.shape[0] * TILE), np.float32)
     kernel = int8_q8_parallel if xq.shape[0] * n * k >= PARALLEL_MIN_MACS else int8_q8_serial
-    kernel(xq, xd, w.numpy(), scales.numpy(), out)
+    kernel(xq, xd, w.numpy(), half_bits(scales), out)
     return torch.from_numpy(out)[:, :n]

@@ -7,7 +7,8 @@ output rows stored side by side for every K position:
 * int4: ``w [N/R, K/2, R]`` uint8, byte ``[t, j, r]`` holds row ``tR + r`` of
   column ``2j`` in its low nibble and column ``2j + 1`` in its high nibble;
 * int8: ``w [N/R, K, R]`` int8;
-* ``scales`` / ``mins`` ``[N/R, K/G, R]`` float32 (int8 has no mins).
+* ``scales`` / ``mins`` ``[N/R, K/G, R]`` float16 (int8 has no mins), handed to the
+  kernels as their bits (uint16, :func:`numba_half.half_bits`).
 
 N is padded with zero rows up to a multiple of R. The innermost loop runs across
 the R rows of a tile, so it vectorizes with no horizontal reduction (R = 64:
@@ -15,12 +16,20 @@ four AVX-512 or eight AVX2 accumulators), and each group's weights (R × G/2
 bytes) stay in L1 while every token of the batch reads them. The layout is ours
 and fixed: it does not depend on the CPU (torch's int4pack layout does).
 
-Math is float32 throughout: per group, ``scale · Σ q·x + min · Σ x`` (the
-asymmetric min folds out of the inner loop). Each output row is computed in the
-same order whatever the batch size or the other rows, so results are
-batch-invariant bit for bit. Traffic per call: the packed weight once
-(N·K/2 bytes int4, N·K int8) plus 8·N·K/G bytes of scales and mins.
+Scales and mins are float16 as in the files we load (GGUF Q4_0/Q4_1/Q8_0 blocks,
+``rusteeze quantize`` output), so holding them so is exact there; a float32 source
+(an in-memory quantization) is rounded to the nearest float16 (:func:`repack_int4`).
+Each group's 64 scales and mins are converted to float32 once per pass over the
+group (``numba_half.tile_halves``: one ``vcvtph2ps`` per 16 with F16C), and the math
+is float32 throughout: per group, ``scale · Σ q·x + min · Σ x`` (the asymmetric
+min folds out of the inner loop), bit for bit what float32 tiles holding the same
+values compute. Each output row is computed in the same order whatever the batch
+size or the other rows, so results are batch-invariant bit for bit. Traffic per
+call: the packed weight once (N·K/2 bytes int4, N·K int8) plus 4·N·K/G bytes of
+scales and mins (SmolLM2's int4 layers at G = 32: 1/8 of the weight's bytes, was 1/4).
 """
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,6 +37,7 @@ from numba import njit, prange
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels.numba_checks import JIT
+from rusteeze.kernels.numba_half import half_bits, tile_halves
 
 TILE = 64  # output rows per tile (R)
 # Smaller products run in the calling thread: a parallel region costs a thread
@@ -38,14 +48,17 @@ PARALLEL_MIN_MACS = 1 << 20
 
 @njit(fastmath=True, cache=True)
 def _int4_tile(x, w, scales, mins, out, t):  # pragma: no cover - compiled
-    # One tile t: x [M, K] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out[:, tR:(t+1)R]
+    # One tile t: x [M, K] f32, w [NT, K/2, R] u8, scales/mins [NT, K/G, R] u16 (f16 bits) → out[:, tR:(t+1)R]
     m_count = x.shape[0]
     r = w.shape[2]
     groups = scales.shape[1]
     half = w.shape[1] // groups  # bytes per row per group: G / 2
     acc = np.zeros((m_count, r), np.float32)
     part = np.empty(r, np.float32)
+    sm = np.empty((2, r), np.float32)  # the group's scales and mins as float32
     for g in range(groups):
+        tile_halves(scales, t, g, sm, 0)
+        tile_halves(mins, t, g, sm, 1)
         for m in range(m_count):
             part[:] = np.float32(0)
             xsum = np.float32(0)
@@ -57,7 +70,7 @@ def _int4_tile(x, w, scales, mins, out, t):  # pragma: no cover - compiled
                     b = w[t, j, i]
                     part[i] += np.float32(b & 15) * x0 + np.float32(b >> 4) * x1
             for i in range(r):
-                acc[m, i] += part[i] * scales[t, g, i] + mins[t, g, i] * xsum
+                acc[m, i] += part[i] * sm[0, i] + sm[1, i] * xsum
     for m in range(m_count):
         for i in range(r):
             out[m, t * r + i] = acc[m, i]
@@ -65,14 +78,16 @@ def _int4_tile(x, w, scales, mins, out, t):  # pragma: no cover - compiled
 
 @njit(fastmath=True, cache=True)
 def _int8_tile(x, w, scales, out, t):  # pragma: no cover - compiled
-    # One tile t: x [M, K] f32, w [NT, K, R] i8, scales [NT, K/G, R] f32 → out[:, tR:(t+1)R]
+    # One tile t: x [M, K] f32, w [NT, K, R] i8, scales [NT, K/G, R] u16 (f16 bits) → out[:, tR:(t+1)R]
     m_count = x.shape[0]
     k, r = w.shape[1], w.shape[2]
     groups = scales.shape[1]
     size = k // groups
     acc = np.zeros((m_count, r), np.float32)
     part = np.empty(r, np.float32)
+    s = np.empty((1, r), np.float32)  # the group's scales as float32
     for g in range(groups):
+        tile_halves(scales, t, g, s, 0)
         for m in range(m_count):
             part[:] = np.float32(0)
             for c in range(g * size, (g + 1) * size):
@@ -80,7 +95,7 @@ def _int8_tile(x, w, scales, out, t):  # pragma: no cover - compiled
                 for i in range(r):
                     part[i] += np.float32(w[t, c, i]) * xv
             for i in range(r):
-                acc[m, i] += part[i] * scales[t, g, i]
+                acc[m, i] += part[i] * s[0, i]
     for m in range(m_count):
         for i in range(r):
             out[m, t * r + i] = acc[m, i]
@@ -126,36 +141,41 @@ def _bf16_bits(u):  # pragma: no cover - compiled
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _int4_dequant_kernel(w, scales, mins, out):  # pragma: no cover - compiled
-    # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out [K, NT * R] f32 (W transposed)
+    # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] f32 (W transposed)
     nt, half_k, r = w.shape
     half = half_k // scales.shape[1]
     for j in prange(half_k):
         g = j // half
+        sm = np.empty((2, r), np.float32)  # one tile's scales and mins of group g, as float32
         for t in range(nt):
+            tile_halves(scales, t, g, sm, 0)
+            tile_halves(mins, t, g, sm, 1)
             for i in range(r):
                 b = w[t, j, i]
-                s, mn = scales[t, g, i], mins[t, g, i]
-                out[2 * j, t * r + i] = np.float32(b & 15) * s + mn
-                out[2 * j + 1, t * r + i] = np.float32(b >> 4) * s + mn
+                out[2 * j, t * r + i] = np.float32(b & 15) * sm[0, i] + sm[1, i]
+                out[2 * j + 1, t * r + i] = np.float32(b >> 4) * sm[0, i] + sm[1, i]
 
 
 @njit(parallel=True, **JIT)
 def _int4_dequant_bf16_kernel(w, scales, mins, out):  # pragma: no cover - compiled
-    # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] f32 → out [K, NT * R] u16: bfloat16 bits of W transposed
+    # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] u16: bfloat16 bits of W transposed
     nt, half_k, r = w.shape
     half = half_k // scales.shape[1]
     for j in prange(half_k):
         g = j // half
         f = np.empty(r, np.float32)  # one tile's values of column 2j (then 2j + 1), as float32
         u = f.view(np.uint32)
+        sm = np.empty((2, r), np.float32)
         for t in range(nt):
+            tile_halves(scales, t, g, sm, 0)
+            tile_halves(mins, t, g, sm, 1)
             for i in range(r):
-                f[i] = np.float32(w[t, j, i] & 15) * scales[t, g, i] + mins[t, g, i]
+                f[i] = np.float32(w[t, j, i] & 15) * sm[0, i] + sm[1, i]
             row = out[2 * j, t * r : (t + 1) * r]
             for i in range(r):
                 row[i] = _bf16_bits(u[i])
             for i in range(r):
-                f[i] = np.float32(w[t, j, i] >> 4) * scales[t, g, i] + mins[t, g, i]
+                f[i] = np.float32(w[t, j, i] >> 4) * sm[0, i] + sm[1, i]
             row = out[2 * j + 1, t * r : (t + 1) * r]
             for i in range(r):
                 row[i] = _bf16_bits(u[i])
@@ -163,26 +183,30 @@ def _int4_dequant_bf16_kernel(w, scales, mins, out):  # pragma: no cover - compi
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _int8_dequant_kernel(w, scales, out):  # pragma: no cover - compiled
-    # w [NT, K, R] i8, scales [NT, K/G, R] f32 → out [K, NT * R] f32 (W transposed)
+    # w [NT, K, R] i8, scales [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] f32 (W transposed)
     nt, k, r = w.shape
     size = k // scales.shape[1]
     for c in prange(k):
+        s = np.empty((1, r), np.float32)
         for t in range(nt):
+            tile_halves(scales, t, c // size, s, 0)
             for i in range(r):
-                out[c, t * r + i] = np.float32(w[t, c, i]) * scales[t, c // size, i]
+                out[c, t * r + i] = np.float32(w[t, c, i]) * s[0, i]
 
 
 @njit(parallel=True, **JIT)
 def _int8_dequant_bf16_kernel(w, scales, out):  # pragma: no cover - compiled
-    # w [NT, K, R] i8, scales [NT, K/G, R] f32 → out [K, NT * R] u16: bfloat16 bits of W transposed
+    # w [NT, K, R] i8, scales [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] u16: bfloat16 bits of W transposed
     nt, k, r = w.shape
     size = k // scales.shape[1]
     for c in prange(k):
         f = np.empty(r, np.float32)
         u = f.view(np.uint32)
+        s = np.empty((1, r), np.float32)
         for t in range(nt):
+            tile_halves(scales, t, c // size, s, 0)
             for i in range(r):
-                f[i] = np.float32(w[t, c, i]) * scales[t, c // size, i]
+                f[i] = np.float32(w[t, c, i]) * s[0, i]
             row = out[c, t * r : (t + 1) * r]
             for i in range(r):
                 row[i] = _bf16_bits(u[i])
@@ -196,18 +220,60 @@ def _tiles(a: torch.Tensor, n: int) -> torch.Tensor:
     return a.view(-1, TILE, a.shape[1]).transpose(1, 2).contiguous()
 
 
+def _float16(values: torch.Tensor, used: Callable[[], torch.Tensor] | None, what: str) -> torch.Tensor:
+    """values [N, C] → float16 [N, C]: exact for values float16 holds (GGUF's, ``rusteeze quantize``'s), else
+    rounded to the nearest float16 (relative error at most 2^-11, a quarter of bfloat16's).
+
+    ``used()``: bool [N, C], the groups holding a nonzero q (a scale elsewhere multiplies zeros only); None: every
+    value is used (mins).
+
+    Raises:
+        KernelError: a finite value that float16 turns into ±inf (|v| > 65504) or a used nonzero value that it
+            turns into 0 (|v| < 2^-25).
+    """
+    src = values.float()
+    half = src.to(torch.float16)
+    back = half.float()
+    if bool(((back == src) | src.isnan()).all()):
+        return half
+    bad = (back.isinf() & src.isfinite()) | ((back == 0) & (src != 0) & (used() if used is not None else True))
+    if bool(bad.any()):
+        r, c = (int(i) for i in bad.nonzero()[0])
+        raise KernelError(
+            f"the Numba weight tiles hold scales and mins as float16, but {what}[{r}, {c}] = {float(src[r, c]):g} "
+            f"would become {float(back[r, c]):g} (float16 keeps 6e-8 <= |x| <= 65504); run this model with "
+            'kernel_backend="torch" (float32 scales), or rescale the layer\'s weights into that range'
+        )
+    return half
+
+
+def _groups_used(q: torch.Tensor, groups: int) -> Callable[[], torch.Tensor]:
+    """q [N, C·S] (int8 values, or int4 bytes: nonzero iff a nibble is) → a function giving bool [N, C]: any q ≠ 0."""
+    return lambda: q.reshape(q.shape[0], groups, -1).ne(0).any(-1)
+
+
 def repack_int4(
     packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(packed [N, K/2] uint8, scales/mins [N, K/G]) → tiled (w [NT, K/2, R], scales, mins [NT, K/G, R] f32)."""
+    """(packed [N, K/2] uint8, scales/mins [N, K/G]) → tiled (w [NT, K/2, R], scales, mins [NT, K/G, R] float16).
+
+    Raises:
+        KernelError: a scale or min that float16 cannot hold (see :func:`_float16`).
+    """
     n = packed.shape[0]
-    return _tiles(packed, n), _tiles(scales.float(), n), _tiles(mins.float(), n)
+    s = _float16(scales, _groups_used(packed, scales.shape[1]), "scales")
+    return _tiles(packed, n), _tiles(s, n), _tiles(_float16(mins, None, "mins"), n)
 
 
 def repack_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q [N, K] int8, scales [N] or [N, K/G]) → tiled (w [NT, K, R] int8, scales [NT, K/G, R] f32)."""
+    """(q [N, K] int8, scales [N] or [N, K/G]) → tiled (w [NT, K, R] int8, scales [NT, K/G, R] float16).
+
+    Raises:
+        KernelError: a scale that float16 cannot hold (see :func:`_float16`).
+    """
     n = q.shape[0]
-    return _tiles(q, n), _tiles(scales.float().reshape(n, -1), n)
+    per_group = scales.reshape(n, -1)  # [N, K/G]; G = K for one scale per row
+    return _tiles(q, n), _tiles(_float16(per_group, _groups_used(q, per_group.shape[1]), "scales"), n)
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, k: int, n: int) -> np.ndarray:
@@ -224,12 +290,12 @@ def int4_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, mins: to
     """x [T, K] → [T, N] float32: ``x @ W.T`` with W held by :func:`repack_int4`'s tiles.
 
     Raises:
-        KernelError: wrong shapes or devices.
+        KernelError: wrong shapes or devices, or scales that are not float16.
     """
     xs = _check(x, w, w.shape[1] * 2, n)
     out = np.empty((xs.shape[0], w.shape[0] * TILE), np.float32)
     kernel = _int4_parallel if xs.shape[0] * n * xs.shape[1] >= PARALLEL_MIN_MACS else _int4_serial
-    kernel(xs, w.numpy(), scales.numpy(), mins.numpy(), out)
+    kernel(xs, w.numpy(), half_bits(scales), half_bits(mins), out)
     return torch.from_numpy(out)[:, :n]
 
 
@@ -237,12 +303,12 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, n: int) 
     """x [T, K] → [T, N] float32: ``x @ W.T`` with W held by :func:`repack_int8`'s tiles.
 
     Raises:
-        KernelError: wrong shapes or devices.
+        KernelError: wrong shapes or devices, or scales that are not float16.
     """
     xs = _check(x, w, w.shape[1], n)
     out = np.empty((xs.shape[0], w.shape[0] * TILE), np.float32)
     kernel = _int8_parallel if xs.shape[0] * n * xs.shape[1] >= PARALLEL_MIN_MACS else _int8_serial
-    kernel(xs, w.numpy(), scales.numpy(), out)
+    kernel(xs, w.numpy(), half_bits(scales), out)
     return torch.from_numpy(out)[:, :n]
 
 
@@ -268,11 +334,11 @@ def dequantize_int4_t(
     float32 value rounded to nearest even, bit for bit what ``Tensor.bfloat16()`` makes of it).
 
     Raises:
-        KernelError: ``out`` of the wrong shape, dtype or layout.
+        KernelError: ``out`` of the wrong shape, dtype or layout, or scales that are not float16.
     """
     dst = _dequant_out(out, w.shape[1] * 2, w.shape[0] * TILE)
     kernel = _int4_dequant_bf16_kernel if dst.dtype == np.uint16 else _int4_dequant_kernel
-    kernel(w.numpy(), scales.numpy(), mins.numpy(), dst)
+    kernel(w.numpy(), half_bits(scales), half_bits(mins), dst)
     return (torch.from_numpy(dst) if out is None else out)[:, :n]
 
 
@@ -282,11 +348,11 @@ def dequantize_int8_t(w: torch.Tensor, scales: torch.Tensor, n: int, out: torch.
     Tile runs and ``out`` as in :func:`dequantize_int4_t`.
 
     Raises:
-        KernelError: ``out`` of the wrong shape, dtype or layout.
+        KernelError: ``out`` of the wrong shape, dtype or layout, or scales that are not float16.
     """
     dst = _dequant_out(out, w.shape[1], w.shape[0] * TILE)
     kernel = _int8_dequant_bf16_kernel if dst.dtype == np.uint16 else _int8_dequant_kernel
-    kernel(w.numpy(), scales.numpy(), dst)
+    kernel(w.numpy(), half_bits(scales), dst)
     return (torch.from_numpy(dst) if out is None else out)[:, :n]
 
 
@@ -294,5 +360,5 @@ def int8_rows(w: torch.Tensor, scales: torch.Tensor, ids: torch.Tensor) -> torch
     """Rows ``ids`` [T] of the float32 weight held by :func:`repack_int8`'s tiles → [T, K] (embedding lookup)."""
     t, r = ids // TILE, ids % TILE
     q = w[t, :, r].float()  # [T, K]
-    s = scales[t, :, r]  # [T, K/G]
+    s = scales[t, :, r].float()  # [T, K/G]
     return (q.view(len(ids), s.shape[1], -1) * s.unsqueeze(-1)).view(len(ids), -1)

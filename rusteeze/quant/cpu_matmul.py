@@ -2,11 +2,12 @@
 
 Weights are repacked once, after loading, into the tiles of
 ``rusteeze.kernels.numba_quant_matmul`` (a layout we own, the same on every
-CPU). A call with up to ``NUMBA_MAX_TOKENS`` rows (decode, batches of up to 64
-sequences) runs the Numba kernel, which reads the packed weight in place (with
-float32 activations, up to ``FLOAT_KERNEL_MAX_TOKENS``); larger batches
-(prefill) dequantize the layer with a Numba kernel and use torch's GEMM, which
-is faster there (the crossover: ``benches/quant_kernels.py``).
+CPU; scales and mins float16, as GGUF blocks hold them). A call with up to
+``NUMBA_MAX_TOKENS`` rows (decode, batches of up to 64 sequences) runs the
+Numba kernel, which reads the packed weight in place (with float32 activations,
+up to ``FLOAT_KERNEL_MAX_TOKENS``); larger batches (prefill) dequantize the
+layer with a Numba kernel and use torch's GEMM, which is faster there (the
+crossover: ``benches/quant_kernels.py``).
 
 Activations: with ``activation_bits=16`` (set for ``dtype="auto"``, the default)
 the kernel-sized calls quantize x to int16 per block of 32 and use integer dot
@@ -112,8 +113,8 @@ class TiledInt4:
     """An int4 group-wise weight ``W = q · scale + min`` in the Numba tiles (see :func:`nq.repack_int4`)."""
 
     weight: torch.Tensor  # [N/R, K/2, R] uint8
-    scales: torch.Tensor  # [N/R, K/G, R] float32
-    mins: torch.Tensor  # [N/R, K/G, R] float32
+    scales: torch.Tensor  # [N/R, K/G, R] float16
+    mins: torch.Tensor  # [N/R, K/G, R] float16
     out_features: int  # N
     activation_bits: int = 0  # kernel-sized calls quantize x to int16 (16; dtype "auto") or keep float32 (0)
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
@@ -128,7 +129,13 @@ class TiledInt4:
         activation_bits: int = 0,
         bf16_gemm: bool = False,
     ) -> "TiledInt4":
-        """packed [N, K/2] uint8, scales/mins [N, K/G] → tiles (integer activations only where blocks allow)."""
+        """packed [N, K/2] uint8, scales/mins [N, K/G] → tiles (integer activations only where blocks allow).
+
+        Scales and mins become float16 (exact for GGUF's and ``rusteeze quantize``'s; float32 ones rounded).
+
+        Raises:
+            KernelError: a scale or min outside float16's range (``nq.repack_int4``).
+        """
         bits = _allowed_bits(activation_bits, packed.shape[1] * 2 // scales.shape[1])
         return cls(*nq.repack_int4(packed, scales, mins), packed.shape[0], bits, bf16_gemm)
 
@@ -151,7 +158,7 @@ class TiledInt8:
     """An int8 weight ``W = q · scale`` (one scale per row or per group) in the Numba tiles."""
 
     weight: torch.Tensor  # [N/R, K, R] int8
-    scales: torch.Tensor  # [N/R, K/G, R] float32 (G = K: per row)
+    scales: torch.Tensor  # [N/R, K/G, R] float16 (G = K: per row)
     out_features: int  # N
     activation_bits: int = 0  # kernel-sized calls quantize x to int16 (16; dtype "auto") or keep float32 (0)
     bf16_gemm: bool = False  # larger calls run a bfloat16 GEMM (dtype "auto", native bf16)
@@ -161,7 +168,13 @@ class TiledInt8:
     def from_int8(
         cls, q: torch.Tensor, scales: torch.Tensor, activation_bits: int = 0, bf16_gemm: bool = False
     ) -> "TiledInt8":
-        """q [N, K] int8, scales [N] or [N, K/G] → tiles (integer activations only where blocks allow)."""
+        """q [N, K] int8, scales [N] or [N, K/G] → tiles (integer activations only where blocks allow).
+
+        Scales become float16 (exact for GGUF's Q8_0 blocks; float32 ones rounded, relative error <= 2^-11).
+
+        Raises:
+            KernelError: a scale outside float16's range (``nq.repack_int8``).
+        """
         groups = 1 if scales.dim() == 1 else scales.shape[1]
         bits = _allowed_bits(activation_bits, q.shape[1] // groups)
         return cls(*nq.repack_int8(q, scales), q.shape[0], bits, bf16_gemm)

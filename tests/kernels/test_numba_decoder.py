@@ -7,10 +7,12 @@ import torch
 from rusteeze.kernels import numba_decoder as nd
 from rusteeze.kernels import numba_quant_matmul as nq
 from rusteeze.kernels import torch_ops
+from rusteeze.kernels.numba_half import half_bits
 from rusteeze.quant.tensors import dequantize_int4, quantize_int4
 
 EMPTY_U8, EMPTY_I8 = np.empty((0, 0, 0), np.uint8), np.empty((0, 0, 0), np.int8)
-EMPTY_F3, EMPTY_F2, EMPTY_F1 = np.empty((0, 0, 0), np.float32), np.empty((0, 0), np.float32), np.empty(0, np.float32)
+EMPTY_U16 = np.empty((0, 0, 0), np.uint16)  # no scales (the tiles' are float16 bits)
+EMPTY_F2, EMPTY_F1 = np.empty((0, 0), np.float32), np.empty(0, np.float32)
 
 
 def _linear(
@@ -22,16 +24,17 @@ def _linear(
     bn = b.numpy() if bias else EMPTY_F1
     if fmt == "int4":
         packed, scales, mins = quantize_int4(w, 32)
+        scales, mins = scales.half(), mins.half()  # as `rusteeze quantize` writes them and the tiles hold them
         tw, ts, tm = nq.repack_int4(packed, scales, mins)
-        args = (nd.KIND_INT4, tw.numpy(), ts.numpy(), tm.numpy(), EMPTY_I8, EMPTY_F3, EMPTY_F2, bn)
+        args = (nd.KIND_INT4, tw.numpy(), half_bits(ts), half_bits(tm), EMPTY_I8, EMPTY_U16, EMPTY_F2, bn)
         return args, dequantize_int4(packed, scales, mins, 32).float(), b
     if fmt == "int8":
-        scale = w.abs().amax(1) / 127
-        q = torch.round(w / scale[:, None]).to(torch.int8)
+        scale = (w.abs().amax(1) / 127).half().float()
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
         tw, ts = nq.repack_int8(q, scale)
-        args = (nd.KIND_INT8, EMPTY_U8, EMPTY_F3, EMPTY_F3, tw.numpy(), ts.numpy(), EMPTY_F2, bn)
+        args = (nd.KIND_INT8, EMPTY_U8, EMPTY_U16, EMPTY_U16, tw.numpy(), half_bits(ts), EMPTY_F2, bn)
         return args, q.float() * scale[:, None], b
-    return (nd.KIND_F32, EMPTY_U8, EMPTY_F3, EMPTY_F3, EMPTY_I8, EMPTY_F3, w.numpy(), bn), w, b
+    return (nd.KIND_F32, EMPTY_U8, EMPTY_U16, EMPTY_U16, EMPTY_I8, EMPTY_U16, w.numpy(), bn), w, b
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import torch
 from rusteeze.errors import KernelError
 from rusteeze.kernels import numba_q8_matmul as q8
 from rusteeze.kernels import numba_quant_matmul as nq
+from rusteeze.kernels.numba_half import half_bits
 
 
 def quantize_reference(x: torch.Tensor, block: int, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +60,7 @@ def test_int4_q8_matches_integer_reference(m, n, k, group, bits):
     g = torch.Generator().manual_seed(m + n + k)
     q4 = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
     scales, mins = torch.rand(n, k // group, generator=g) * 0.02, torch.randn(n, k // group, generator=g) * 0.1
+    scales, mins = scales.half().float(), mins.half().float()  # float16 values, as the tiles hold them
     x = torch.randn(m, k, generator=g)
     x[0, :group] = 0  # an all-zero block: scale 0, no division by zero
     out = q8.int4_matmul_q8(x, *nq.repack_int4(pack(q4), scales, mins), n, bits)
@@ -77,7 +79,7 @@ def test_int4_q8_matches_integer_reference(m, n, k, group, bits):
 def test_int8_q8_matches_integer_reference(m, n, k, group, bits):
     g = torch.Generator().manual_seed(m + n + k)
     q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
-    scales = torch.rand(n, k // group, generator=g) * 0.01
+    scales = (torch.rand(n, k // group, generator=g) * 0.01).half().float()  # float16 values, as the tiles hold
     x = torch.randn(m, k, generator=g) * 3
     out = q8.int8_matmul_q8(x, *nq.repack_int8(q, scales), n, bits)
     expected = int8_q8_reference(x, q, scales, q8.act_block(group), 127 if bits == 8 else 32767).float()
@@ -98,10 +100,10 @@ def test_threaded_and_serial_drivers_are_bit_identical_and_rows_batch_invariant(
     xd, xs = np.empty((m, 4), np.float32), np.empty((m, 4), np.float32)
     q8.quantize_rows(x.numpy(), 32, np.float32(32767), xq, xd, xs)
     outs = [np.empty((m, n), np.float32) for _ in range(4)]
-    q8.int4_q8_serial(xq, xd, xs, w.numpy(), s.numpy(), mn.numpy(), outs[0])
-    q8.int4_q8_parallel(xq, xd, xs, w.numpy(), s.numpy(), mn.numpy(), outs[1])
-    q8.int8_q8_serial(xq, xd, w8.numpy(), s8.numpy(), outs[2])
-    q8.int8_q8_parallel(xq, xd, w8.numpy(), s8.numpy(), outs[3])
+    q8.int4_q8_serial(xq, xd, xs, w.numpy(), half_bits(s), half_bits(mn), outs[0])
+    q8.int4_q8_parallel(xq, xd, xs, w.numpy(), half_bits(s), half_bits(mn), outs[1])
+    q8.int8_q8_serial(xq, xd, w8.numpy(), half_bits(s8), outs[2])
+    q8.int8_q8_parallel(xq, xd, w8.numpy(), half_bits(s8), outs[3])
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[2], outs[3])
     alone = q8.int4_matmul_q8(x[2:3], w, s, mn, n)
     assert torch.equal(alone[0], torch.from_numpy(outs[0][2]))
@@ -135,7 +137,7 @@ def test_every_row_count_gives_each_row_its_one_row_result(kind, k, group, bits)
         tiles = nq.repack_int8(torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8),
                                torch.rand(n, k // group, generator=g))  # fmt: skip
         serial, parallel = q8.int8_q8_serial, q8.int8_q8_parallel
-    weights = [t.numpy() for t in tiles]
+    weights = [half_bits(t) if t.dtype is torch.float16 else t.numpy() for t in tiles]  # float16 as its bits
 
     def run(drive, rows: torch.Tensor) -> np.ndarray:
         xq, xd, xs = _quantize(rows, group, bits)

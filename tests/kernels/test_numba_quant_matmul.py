@@ -1,5 +1,7 @@
-"""The Numba dequantize kernels (float32 and bfloat16 output, whole weights, tile runs) against written-out math."""
+"""The Numba dequantize kernels (float32 and bfloat16 output, whole weights, tile runs) against written-out math,
+and the repack's float16 scales and mins."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,14 +24,17 @@ def int8_weight(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 def random_int4(n: int, k: int, group: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """packed [N, K/2], scales/mins [N, K/G] float16 (as GGUF holds them)."""
     g = torch.Generator().manual_seed(seed)
     packed = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
-    return packed, torch.rand(n, k // group, generator=g) * 0.1, torch.randn(n, k // group, generator=g) * 0.1
+    scales, mins = torch.rand(n, k // group, generator=g) * 0.1, torch.randn(n, k // group, generator=g) * 0.1
+    return packed, scales.half(), mins.half()
 
 
 def random_int8(n: int, k: int, group: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8), torch.rand(n, k // group, generator=g)
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    return q, torch.rand(n, k // group, generator=g).half()
 
 
 SHAPES = [(64, 32, 32), (100, 96, 32), (130, 256, 64), (9, 128, 128)]  # (N, K, G): N padded to 64s
@@ -63,7 +68,7 @@ def test_int8_dequantize_float32_and_bfloat16(n, k, group):
 
 def test_per_row_int8_scales():
     q, _ = random_int8(70, 48, 48, 5)
-    scales = torch.rand(70)
+    scales = torch.rand(70).half()
     f32 = nq.dequantize_int8_t(*nq.repack_int8(q, scales), 70)
     torch.testing.assert_close(f32, (q.double() * scales.double()[:, None]).T.float(), rtol=1e-6, atol=1e-6)
 
@@ -89,31 +94,31 @@ def test_a_run_of_tiles_is_those_columns(dtype):
 def test_bfloat16_rounds_to_nearest_even_and_keeps_specials():
     """Ties go to the even mantissa; NaN stays NaN (a plain round-up would make some NaNs inf or 0); ±inf stay."""
     one = 1.0
-    values = [
-        one + 2**-8,  # halfway between 1 and 1 + 2^-7: to 1 (even)
-        one + 3 * 2**-8,  # halfway between 1 + 2^-7 and 1 + 2^-6: to 1 + 2^-6 (even)
-        one + 2**-8 + 2**-20,  # just above halfway: up
-        -(one + 2**-8),
-        float("inf"),
-        float("-inf"),
-        float("nan"),
-        3.4e38,  # past halfway above bfloat16's largest finite value: inf, as torch rounds it
+    # int4 weights W = q · scale + min with min = ±1, q = 1 or 3 (every value float16-exact, W exact in float32)
+    cases = [  # (q, scale, min, bfloat16 of W)
+        (1, 2**-8, one, 1.0),  # 1 + 2^-8: halfway between 1 and 1 + 2^-7, to 1 (even)
+        (3, 2**-8, one, one + 2**-6),  # 1 + 3·2^-8: halfway between 1 + 2^-7 and 1 + 2^-6, to 1 + 2^-6 (even)
+        (1, 2**-8 + 2**-17, one, one + 2**-7),  # just above halfway: up
+        (1, -(2**-8), -one, -1.0),
+        (1, float("inf"), one, float("inf")),
+        (1, float("-inf"), one, float("-inf")),
     ]
-    all_ones_nan = torch.tensor([-1], dtype=torch.int32).view(torch.float32)  # bits 0xFFFFFFFF: +0x8000 wraps to 0
-    scales = torch.cat((torch.tensor(values), all_ones_nan))[:, None]  # [9, 1]: W[r, c] = q · scale_r
-    q = torch.ones(len(scales), 32, dtype=torch.int8)
+    q = torch.tensor([c[0] for c in cases], dtype=torch.uint8)
+    packed = (q | (q << 4))[:, None].expand(-1, 16).contiguous()  # [6, 16]: every value of row r is q_r
+    scales = torch.tensor([[c[1]] for c in cases], dtype=torch.float16)
+    mins = torch.tensor([[c[2]] for c in cases], dtype=torch.float16)
     buf = torch.empty(32, nq.TILE, dtype=torch.bfloat16)
-    got = nq.dequantize_int8_t(*nq.repack_int8(q, scales), len(scales), buf)[0]  # [9]
-    expected = scales[:, 0].bfloat16()
-    bits, torch_bits = got.view(torch.int16).tolist(), expected.view(torch.int16).tolist()
-    assert bits[:6] + bits[7:8] == torch_bits[:6] + torch_bits[7:8]
-    assert got[:4].tolist() == [1.0, one + 2**-6, one + 2**-7, -1.0]
-    assert got[4:6].tolist() == [float("inf"), float("-inf")] and got[7] == float("inf")
-    assert got[6].isnan() and got[8].isnan()
-    packed = torch.full((2, 16), 0x11, dtype=torch.uint8)  # every value q = 1: W = scale + min
-    nan_scales = torch.tensor([[float("nan")], [1.0]])
-    out4 = nq.dequantize_int4_t(*nq.repack_int4(packed, nan_scales, torch.full((2, 1), 2**-8)), 2, buf)
-    assert out4[:, 0].isnan().all() and (out4[:, 1] == 1.0).all()  # 1 + 2^-8 ties to 1
+    got = nq.dequantize_int4_t(*nq.repack_int4(packed, scales, mins), len(cases), buf)  # [32, 6]
+    assert (got == torch.tensor([c[3] for c in cases], dtype=torch.bfloat16)).all()
+    assert torch.equal(got, nq.dequantize_int4_t(*nq.repack_int4(packed, scales, mins), len(cases)).bfloat16())
+    nan_scales = torch.tensor([[float("nan")], [1.0]], dtype=torch.float16)
+    out4 = nq.dequantize_int4_t(*nq.repack_int4(packed[:2], nan_scales, torch.zeros(2, 1)), 2, buf)
+    assert out4[:, 0].isnan().all() and (out4[:, 1] == 3.0).all()  # row 1: q = 3, scale 1
+    # float32 values float16 scales cannot reach: the rounding step itself (+0x8000 would wrap all-ones NaN to 0)
+    specials = np.array([0xFFFFFFFF, 0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x3F808001], np.uint32)  # NaN, max, ties
+    expected = torch.from_numpy(specials.view(np.float32)).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    rounded = np.array([nq._bf16_bits(u) for u in specials], np.uint16)
+    assert np.array_equal(rounded[1:], expected[1:]) and rounded[0] & 0x7FFF > 0x7F80  # still NaN
 
 
 @pytest.mark.parametrize(
@@ -126,3 +131,55 @@ def test_dequantize_rejects_a_wrong_out_buffer(shape, dtype):
         nq.dequantize_int8_t(*tiles, 64, torch.empty(shape, dtype=dtype))
     with pytest.raises(KernelError, match="out must be"):
         nq.dequantize_int8_t(*tiles, 64, torch.empty(64, 32).T)  # [32, 64] but not contiguous
+
+
+def test_repack_holds_float16_scales_rounded_to_nearest():
+    """Float16 sources stay exact; float32 ones become the nearest float16 (what `rusteeze quantize` writes)."""
+    packed, scales, mins = random_int4(70, 64, 32, 11)
+    _, s, mn = nq.repack_int4(packed, scales.float(), mins.float())  # float16 values held as float32: exact
+    assert s.dtype == mn.dtype == torch.float16 and s.shape == (2, 2, nq.TILE)
+    assert torch.equal(s.transpose(1, 2).reshape(-1, 2)[:70], scales)
+    assert torch.equal(mn.transpose(1, 2).reshape(-1, 2)[:70], mins)
+    assert (s.transpose(1, 2).reshape(-1, 2)[70:] == 0).all()  # padding rows
+    fine = torch.rand(70, 2, dtype=torch.float64).float() * 0.1  # not float16 values: rounded
+    q, _ = random_int8(70, 64, 32, 12)
+    _, s8 = nq.repack_int8(q, fine)
+    assert torch.equal(s8.transpose(1, 2).reshape(-1, 2)[:70], fine.half())
+    specials = torch.tensor([[float("nan"), float("inf")], [float("-inf"), -0.0]])  # kept as they are
+    _, s8 = nq.repack_int8(q[:2], specials)
+    assert torch.equal(s8[0, :, :2].T.float().nan_to_num(7.0), specials.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "row_q"),
+    [("int8", 1e5, 1), ("int8", -7e4, 1), ("int8", 1e-9, 1), ("int4 scales", 2e-8, 1), ("int4 mins", 1e-9, 0)],
+)
+def test_repack_rejects_values_float16_cannot_hold(kind, value, row_q):
+    """A finite value past ±65504 would be inf, a used nonzero one below 2^-25 zero: a KernelError naming the fix."""
+    scales, mins = torch.full((3, 2), 0.5), torch.zeros(3, 2)
+    q = torch.ones(3, 64, dtype=torch.int8) * row_q
+    (mins if kind == "int4 mins" else scales)[2, 1] = value
+    with pytest.raises(KernelError, match=r"\[2, 1\].*kernel_backend=\"torch\""):
+        if kind == "int8":
+            nq.repack_int8(q, scales)
+        else:
+            nq.repack_int4(q.to(torch.uint8)[:, :32], scales, mins)
+
+
+def test_repack_flushes_tiny_scales_that_multiply_zeros_only():
+    """quantize_int8/int4 give an all-zero row or group a scale of ~1e-14: it only multiplies q = 0, so 0 is exact."""
+    q = torch.zeros(2, 64, dtype=torch.int8)
+    q[0, :32] = 5  # group 0 of row 0 holds values; group 1 and row 1 are zeros
+    scales = torch.tensor([[0.25, 1e-14], [1e-14, 1e-14]])
+    _, s = nq.repack_int8(q, scales)
+    assert s[0, :, :2].T.tolist() == [[0.25, 0.0], [0.0, 0.0]]
+    assert torch.equal(nq.dequantize_int8_t(*nq.repack_int8(q, scales), 2).T, q.float() * 0.25 * (q != 0))
+
+
+def test_kernels_take_float16_scales_only():
+    packed, scales, mins = random_int4(64, 32, 32, 13)
+    w, s, mn = nq.repack_int4(packed, scales, mins)
+    with pytest.raises(KernelError, match="float16"):
+        nq.int4_matmul(torch.ones(1, 32), w, s.float(), mn, 64)
+    with pytest.raises(KernelError, match="float16"):
+        nq.dequantize_int4_t(w, s, mn.float(), 64)

@@ -19,8 +19,9 @@ def int4_reference(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tenso
 
 
 def random_int4(n: int, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """packed [N, K/2], scales/mins [N, K/G] float16 (as GGUF holds them: the tiles keep them exactly)."""
     packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
-    return packed, torch.rand(n, k // group) * 0.1, torch.randn(n, k // group) * 0.1
+    return packed, (torch.rand(n, k // group) * 0.1).half(), (torch.randn(n, k // group) * 0.1).half()
 
 
 TOKENS = [1, 3, cpu_matmul.NUMBA_MAX_TOKENS, cpu_matmul.NUMBA_MAX_TOKENS + 1, 300]
@@ -44,7 +45,7 @@ def test_int4_matmul_matches_written_out_math(n, k, group, tokens):
 def test_int8_matmul_matches_written_out_math(n, k, group, tokens):
     torch.manual_seed(n + k + tokens)
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
-    scales = torch.rand(n) * 0.01 if group is None else torch.rand(n, k // group) * 0.01
+    scales = (torch.rand(n) * 0.01 if group is None else torch.rand(n, k // group) * 0.01).half()
     tiled = cpu_matmul.TiledInt8.from_int8(q, scales)
     x = torch.randn(tokens, k)
     per_column = scales.double()[:, None] if group is None else scales.double().repeat_interleave(group, 1)
@@ -72,7 +73,8 @@ def test_layout_does_not_depend_on_torch_packing():
     tiled = cpu_matmul.TiledInt4.from_packed(packed, scales, mins)
     assert tiled.weight.shape == (2, 32, 64)
     assert int(tiled.weight[1, 5, 7]) == int(packed[64 + 7, 5])
-    assert float(tiled.scales[0, 1, 3]) == float(scales[3, 1])
+    assert tiled.scales.dtype == tiled.mins.dtype == torch.float16  # as the GGUF blocks hold them
+    assert float(tiled.scales[0, 1, 3]) == float(scales[3, 1]) and float(tiled.mins[1, 0, 2]) == float(mins[66, 0])
 
 
 def test_threaded_and_single_thread_products_are_bit_identical(monkeypatch):
@@ -80,7 +82,9 @@ def test_threaded_and_single_thread_products_are_bit_identical(monkeypatch):
 
     torch.manual_seed(2)
     int4 = cpu_matmul.TiledInt4.from_packed(*random_int4(320, 128, 32))
-    int8 = cpu_matmul.TiledInt8.from_int8(torch.randint(-127, 128, (320, 128), dtype=torch.int8), torch.rand(320))
+    int8 = cpu_matmul.TiledInt8.from_int8(
+        torch.randint(-127, 128, (320, 128), dtype=torch.int8), torch.rand(320).half()
+    )
     x = torch.randn(3, 128)
     monkeypatch.setattr(numba_quant_matmul, "PARALLEL_MIN_MACS", 0)
     threaded = int4.matmul(x), int8.matmul(x)
@@ -135,7 +139,7 @@ def test_large_calls_dequantize_in_chunks_and_match_written_out_math(monkeypatch
     monkeypatch.setattr(cpu_matmul, "GEMM_COLUMNS", columns)
     torch.manual_seed(n + k + columns)
     packed, scales, mins = random_int4(n, k, 32)
-    q, qs = torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n, k // 32) * 0.01
+    q, qs = torch.randint(-127, 128, (n, k), dtype=torch.int8), (torch.rand(n, k // 32) * 0.01).half()
     w4, w8 = int4_reference(packed, scales, mins), q.double() * qs.double().repeat_interleave(32, 1)
     int4 = cpu_matmul.TiledInt4.from_packed(packed, scales, mins, bf16_gemm=bf16)
     int8 = cpu_matmul.TiledInt8.from_int8(q, qs, bf16_gemm=bf16)
