@@ -29,8 +29,6 @@ call: the packed weight once (N·K/2 bytes int4, N·K int8) plus 4·N·K/G bytes
 scales and mins (SmolLM2's int4 layers at G = 32: 1/8 of the weight's bytes, was 1/4).
 """
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from numba import njit, prange
@@ -220,36 +218,33 @@ def _tiles(a: torch.Tensor, n: int) -> torch.Tensor:
     return a.view(-1, TILE, a.shape[1]).transpose(1, 2).contiguous()
 
 
-def _float16(values: torch.Tensor, used: Callable[[], torch.Tensor] | None, what: str) -> torch.Tensor:
+def _float16(values: torch.Tensor, what: str) -> torch.Tensor:
     """values [N, C] → float16 [N, C]: exact for values float16 holds (GGUF's, ``rusteeze quantize``'s), else
-    rounded to the nearest float16 (relative error at most 2^-11, a quarter of bfloat16's).
+    rounded to the nearest float16, as llama.cpp's formats hold every scale.
 
-    ``used()``: bool [N, C], the groups holding a nonzero q (a scale elsewhere multiplies zeros only); None: every
-    value is used (mins).
+    Each value then differs by at most 2^-11 of the largest |value| (a quarter of bfloat16's step) as long as
+    that largest one is a normal float16 (>= 2^-14): below that, float16 keeps absolute steps of 2^-24, and
+    smaller values (an all-zero row's scale, ~1e-14 from ``quantize_int8``) become 0 within the same bound.
 
     Raises:
-        KernelError: a finite value that float16 turns into ±inf (|v| > 65504) or a used nonzero value that it
-            turns into 0 (|v| < 2^-25).
+        KernelError: a finite value that float16 turns into ±inf (|v| > 65504), or one it turns into 0 while
+            every value is below 2^-14 (the whole tensor would lose its precision).
     """
     src = values.float()
     half = src.to(torch.float16)
     back = half.float()
     if bool(((back == src) | src.isnan()).all()):
         return half
-    bad = (back.isinf() & src.isfinite()) | ((back == 0) & (src != 0) & (used() if used is not None else True))
+    largest = float(src.abs().nan_to_num(0.0, posinf=0.0).amax())
+    bad = (back.isinf() & src.isfinite()) | ((back == 0) & (src != 0) & (largest < 2.0**-14))
     if bool(bad.any()):
         r, c = (int(i) for i in bad.nonzero()[0])
         raise KernelError(
             f"the Numba weight tiles hold scales and mins as float16, but {what}[{r}, {c}] = {float(src[r, c]):g} "
-            f"would become {float(back[r, c]):g} (float16 keeps 6e-8 <= |x| <= 65504); run this model with "
-            'kernel_backend="torch" (float32 scales), or rescale the layer\'s weights into that range'
+            f"would become {float(back[r, c]):g} (float16: |x| <= 65504, normal from 6.1e-5); run this model "
+            'with kernel_backend="torch" (float32 scales), or rescale the layer\'s weights into that range'
         )
     return half
-
-
-def _groups_used(q: torch.Tensor, groups: int) -> Callable[[], torch.Tensor]:
-    """q [N, C·S] (int8 values, or int4 bytes: nonzero iff a nibble is) → a function giving bool [N, C]: any q ≠ 0."""
-    return lambda: q.reshape(q.shape[0], groups, -1).ne(0).any(-1)
 
 
 def repack_int4(
@@ -261,8 +256,7 @@ def repack_int4(
         KernelError: a scale or min that float16 cannot hold (see :func:`_float16`).
     """
     n = packed.shape[0]
-    s = _float16(scales, _groups_used(packed, scales.shape[1]), "scales")
-    return _tiles(packed, n), _tiles(s, n), _tiles(_float16(mins, None, "mins"), n)
+    return _tiles(packed, n), _tiles(_float16(scales, "scales"), n), _tiles(_float16(mins, "mins"), n)
 
 
 def repack_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +267,7 @@ def repack_int8(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, to
     """
     n = q.shape[0]
     per_group = scales.reshape(n, -1)  # [N, K/G]; G = K for one scale per row
-    return _tiles(q, n), _tiles(_float16(per_group, _groups_used(q, per_group.shape[1]), "scales"), n)
+    return _tiles(q, n), _tiles(_float16(per_group, "scales"), n)
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, k: int, n: int) -> np.ndarray:

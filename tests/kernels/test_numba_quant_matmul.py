@@ -151,14 +151,22 @@ def test_repack_holds_float16_scales_rounded_to_nearest():
 
 
 @pytest.mark.parametrize(
-    ("kind", "value", "row_q"),
-    [("int8", 1e5, 1), ("int8", -7e4, 1), ("int8", 1e-9, 1), ("int4 scales", 2e-8, 1), ("int4 mins", 1e-9, 0)],
+    ("kind", "fill", "value"),
+    [
+        ("int8", 0.5, 1e5),
+        ("int8", 0.5, -7e4),
+        ("int8", 1e-5, 1e-9),
+        ("int4 scales", 3e-5, 2e-8),
+        ("int4 mins", 0, 1e-9),
+    ],
 )
-def test_repack_rejects_values_float16_cannot_hold(kind, value, row_q):
-    """A finite value past ±65504 would be inf, a used nonzero one below 2^-25 zero: a KernelError naming the fix."""
+def test_repack_rejects_values_float16_cannot_hold(kind, fill, value):
+    """Past ±65504 a value would be inf; a whole tensor below float16's normal range would lose its small values."""
     scales, mins = torch.full((3, 2), 0.5), torch.zeros(3, 2)
-    q = torch.ones(3, 64, dtype=torch.int8) * row_q
-    (mins if kind == "int4 mins" else scales)[2, 1] = value
+    target = mins if kind == "int4 mins" else scales
+    target.fill_(fill)
+    target[2, 1] = value
+    q = torch.ones(3, 64, dtype=torch.int8)
     with pytest.raises(KernelError, match=r"\[2, 1\].*kernel_backend=\"torch\""):
         if kind == "int8":
             nq.repack_int8(q, scales)
@@ -166,14 +174,18 @@ def test_repack_rejects_values_float16_cannot_hold(kind, value, row_q):
             nq.repack_int4(q.to(torch.uint8)[:, :32], scales, mins)
 
 
-def test_repack_flushes_tiny_scales_that_multiply_zeros_only():
-    """quantize_int8/int4 give an all-zero row or group a scale of ~1e-14: it only multiplies q = 0, so 0 is exact."""
-    q = torch.zeros(2, 64, dtype=torch.int8)
-    q[0, :32] = 5  # group 0 of row 0 holds values; group 1 and row 1 are zeros
-    scales = torch.tensor([[0.25, 1e-14], [1e-14, 1e-14]])
+def test_repack_flushes_values_below_float16_next_to_normal_ones():
+    """quantize_int8 gives an all-zero row a scale of ~1e-14: next to normal scales it becomes 0 (error < 2^-25)."""
+    q = torch.zeros(3, 64, dtype=torch.int8)
+    q[0] = 5  # row 0 holds values at scale 0.25 (group 0) and 1e-14 (group 1); rows 1-2 are zeros
+    scales = torch.tensor([[0.25, 1e-14], [1e-14, 1e-14], [1e-7, 3e-8]])  # 1e-7, 3e-8: float16 subnormals
     _, s = nq.repack_int8(q, scales)
-    assert s[0, :, :2].T.tolist() == [[0.25, 0.0], [0.0, 0.0]]
-    assert torch.equal(nq.dequantize_int8_t(*nq.repack_int8(q, scales), 2).T, q.float() * 0.25 * (q != 0))
+    assert s[0, :, :3].T.tolist() == [[0.25, 0.0], [0.0, 0.0], [2 * 2.0**-24, 2.0**-24]]
+    w = nq.dequantize_int8_t(*nq.repack_int8(q, scales), 3).T
+    assert (w[0, :32] == 1.25).all() and (w[0, 32:] == 0).all() and (w[1:] == 0).all()
+    mins = torch.tensor([[0.1, 1e-9]])
+    _, _, mn = nq.repack_int4(torch.zeros(1, 32, dtype=torch.uint8), torch.ones(1, 2), mins)
+    assert mn[0, :, 0].tolist() == [torch.tensor(0.1).half().item(), 0.0]
 
 
 def test_kernels_take_float16_scales_only():
