@@ -76,6 +76,7 @@ def load_baseline(rev: str) -> ModuleType:
         path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # importable by name: Numba's cached code refers to its module so
     spec.loader.exec_module(module)
     return module
 

@@ -2,8 +2,8 @@
 
 The weights are :mod:`numba_quant_matmul`'s row tiles (int4 ``w [N/R, K/2, R]``
 uint8 or int8 ``w [N/R, K, R]``, group scales/mins ``[N/R, K/G, R]`` float16,
-taken as their uint16 bits and converted to float32 once per group and block of
-rows, :func:`numba_half.tile_halves`). The
+taken as their uint16 bits and converted to float32 in registers where they are
+applied, :func:`numba_half.half_value`). The
 activations ``x [M, K]`` float32 are quantized once per call, per block of
 ``B`` values (``B = 32`` when it divides the weight's group size ``G``, else
 ``B = G``), to int16 (``bits=16``, ``d = max|x| / 32767``) or int8 (``bits=8``,
@@ -71,7 +71,7 @@ import torch
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels.numba_checks import JIT
-from rusteeze.kernels.numba_half import half_bits, tile_halves
+from rusteeze.kernels.numba_half import half_bits, half_value
 from rusteeze.kernels.numba_pair_dot import TILE_JIT, block_rows, group_parts
 from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
 
@@ -119,15 +119,12 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
     isum = np.empty((ROWS, TILE), np.int32)
     part = np.empty((ROWS, TILE), np.float32)  # Σ d_b · isum_b over the group's blocks but the last
     acc = np.empty((ROWS, TILE), np.float32)
-    sm = np.empty((2, TILE), np.float32)  # the group's scales and mins as float32
     m = 0
     while m < xq.shape[0]:  # a block of rows: each row's order of operations is its own
         rows = block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
             b0, last = g * blocks, (g + 1) * blocks - 1
-            tile_halves(scales, t, g, sm, 0)
-            tile_halves(mins, t, g, sm, 1)
             group_parts(xq, xd, m, rows, b0, blocks, size, w, t, True, isum, part)
             for r in range(rows):
                 d = xd[m + r, last]
@@ -136,7 +133,7 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
                     xsum += xs[m + r, b]
                 for i in range(TILE):
                     p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
-                    acc[r, i] = (acc[r, i] + p * sm[0, i]) + sm[1, i] * xsum
+                    acc[r, i] = (acc[r, i] + p * half_value(scales[t, g, i])) + half_value(mins[t, g, i]) * xsum
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]
@@ -152,20 +149,18 @@ def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
     isum = np.empty((ROWS, TILE), np.int32)
     part = np.empty((ROWS, TILE), np.float32)
     acc = np.empty((ROWS, TILE), np.float32)
-    s = np.empty((1, TILE), np.float32)  # the group's scales as float32
     m = 0
     while m < xq.shape[0]:
         rows = block_rows(xq.shape[0] - m)
         acc[:] = np.float32(0)
         for g in range(groups):
             last = (g + 1) * blocks - 1
-            tile_halves(scales, t, g, s, 0)
             group_parts(xq, xd, m, rows, g * blocks, blocks, size, w, t, False, isum, part)
             for r in range(rows):
                 d = xd[m + r, last]
                 for i in range(TILE):
                     p = np.float32(isum[r, i]) * d if blocks == 1 else part[r, i] + np.float32(isum[r, i]) * d
-                    acc[r, i] += p * s[0, i]
+                    acc[r, i] += p * half_value(scales[t, g, i])
         for r in range(rows):
             for i in range(TILE):
                 out[m + r, t * TILE + i] = acc[r, i]

@@ -19,14 +19,14 @@ and fixed: it does not depend on the CPU (torch's int4pack layout does).
 Scales and mins are float16 as in the files we load (GGUF Q4_0/Q4_1/Q8_0 blocks,
 ``rusteeze quantize`` output), so holding them so is exact there; a float32 source
 (an in-memory quantization) is rounded to the nearest float16 (:func:`repack_int4`).
-Each group's 64 scales and mins are converted to float32 once per pass over the
-group (``numba_half.tile_halves``: one ``vcvtph2ps`` per 16 with F16C), and the math
-is float32 throughout: per group, ``scale · Σ q·x + min · Σ x`` (the asymmetric
+Each scale and min is converted to float32 in registers where it is applied
+(``numba_half.half_value``: ``vcvtph2ps``, 16 per instruction, with F16C), and the
+math is float32 throughout: per group, ``scale · Σ q·x + min · Σ x`` (the asymmetric
 min folds out of the inner loop), bit for bit what float32 tiles holding the same
 values compute. Each output row is computed in the same order whatever the batch
 size or the other rows, so results are batch-invariant bit for bit. Traffic per
 call: the packed weight once (N·K/2 bytes int4, N·K int8) plus 4·N·K/G bytes of
-scales and mins (SmolLM2's int4 layers at G = 32: 1/8 of the weight's bytes, was 1/4).
+scales and mins (int4 at G = 32: 1/4 of the packed weight's bytes, was 1/2 with float32).
 """
 
 import numpy as np
@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from rusteeze.errors import KernelError
 from rusteeze.kernels.numba_checks import JIT
-from rusteeze.kernels.numba_half import half_bits, tile_halves
+from rusteeze.kernels.numba_half import half_bits, half_value
 
 TILE = 64  # output rows per tile (R)
 # Smaller products run in the calling thread: a parallel region costs a thread
@@ -53,10 +53,7 @@ def _int4_tile(x, w, scales, mins, out, t):  # pragma: no cover - compiled
     half = w.shape[1] // groups  # bytes per row per group: G / 2
     acc = np.zeros((m_count, r), np.float32)
     part = np.empty(r, np.float32)
-    sm = np.empty((2, r), np.float32)  # the group's scales and mins as float32
     for g in range(groups):
-        tile_halves(scales, t, g, sm, 0)
-        tile_halves(mins, t, g, sm, 1)
         for m in range(m_count):
             part[:] = np.float32(0)
             xsum = np.float32(0)
@@ -68,7 +65,7 @@ def _int4_tile(x, w, scales, mins, out, t):  # pragma: no cover - compiled
                     b = w[t, j, i]
                     part[i] += np.float32(b & 15) * x0 + np.float32(b >> 4) * x1
             for i in range(r):
-                acc[m, i] += part[i] * sm[0, i] + sm[1, i] * xsum
+                acc[m, i] += part[i] * half_value(scales[t, g, i]) + half_value(mins[t, g, i]) * xsum
     for m in range(m_count):
         for i in range(r):
             out[m, t * r + i] = acc[m, i]
@@ -83,9 +80,7 @@ def _int8_tile(x, w, scales, out, t):  # pragma: no cover - compiled
     size = k // groups
     acc = np.zeros((m_count, r), np.float32)
     part = np.empty(r, np.float32)
-    s = np.empty((1, r), np.float32)  # the group's scales as float32
     for g in range(groups):
-        tile_halves(scales, t, g, s, 0)
         for m in range(m_count):
             part[:] = np.float32(0)
             for c in range(g * size, (g + 1) * size):
@@ -93,7 +88,7 @@ def _int8_tile(x, w, scales, out, t):  # pragma: no cover - compiled
                 for i in range(r):
                     part[i] += np.float32(w[t, c, i]) * xv
             for i in range(r):
-                acc[m, i] += part[i] * s[0, i]
+                acc[m, i] += part[i] * half_value(scales[t, g, i])
     for m in range(m_count):
         for i in range(r):
             out[m, t * r + i] = acc[m, i]
@@ -144,14 +139,12 @@ def _int4_dequant_kernel(w, scales, mins, out):  # pragma: no cover - compiled
     half = half_k // scales.shape[1]
     for j in prange(half_k):
         g = j // half
-        sm = np.empty((2, r), np.float32)  # one tile's scales and mins of group g, as float32
         for t in range(nt):
-            tile_halves(scales, t, g, sm, 0)
-            tile_halves(mins, t, g, sm, 1)
             for i in range(r):
                 b = w[t, j, i]
-                out[2 * j, t * r + i] = np.float32(b & 15) * sm[0, i] + sm[1, i]
-                out[2 * j + 1, t * r + i] = np.float32(b >> 4) * sm[0, i] + sm[1, i]
+                s, mn = half_value(scales[t, g, i]), half_value(mins[t, g, i])
+                out[2 * j, t * r + i] = np.float32(b & 15) * s + mn
+                out[2 * j + 1, t * r + i] = np.float32(b >> 4) * s + mn
 
 
 @njit(parallel=True, **JIT)
@@ -163,17 +156,14 @@ def _int4_dequant_bf16_kernel(w, scales, mins, out):  # pragma: no cover - compi
         g = j // half
         f = np.empty(r, np.float32)  # one tile's values of column 2j (then 2j + 1), as float32
         u = f.view(np.uint32)
-        sm = np.empty((2, r), np.float32)
         for t in range(nt):
-            tile_halves(scales, t, g, sm, 0)
-            tile_halves(mins, t, g, sm, 1)
             for i in range(r):
-                f[i] = np.float32(w[t, j, i] & 15) * sm[0, i] + sm[1, i]
+                f[i] = np.float32(w[t, j, i] & 15) * half_value(scales[t, g, i]) + half_value(mins[t, g, i])
             row = out[2 * j, t * r : (t + 1) * r]
             for i in range(r):
                 row[i] = _bf16_bits(u[i])
             for i in range(r):
-                f[i] = np.float32(w[t, j, i] >> 4) * sm[0, i] + sm[1, i]
+                f[i] = np.float32(w[t, j, i] >> 4) * half_value(scales[t, g, i]) + half_value(mins[t, g, i])
             row = out[2 * j + 1, t * r : (t + 1) * r]
             for i in range(r):
                 row[i] = _bf16_bits(u[i])
@@ -185,11 +175,9 @@ def _int8_dequant_kernel(w, scales, out):  # pragma: no cover - compiled
     nt, k, r = w.shape
     size = k // scales.shape[1]
     for c in prange(k):
-        s = np.empty((1, r), np.float32)
         for t in range(nt):
-            tile_halves(scales, t, c // size, s, 0)
             for i in range(r):
-                out[c, t * r + i] = np.float32(w[t, c, i]) * s[0, i]
+                out[c, t * r + i] = np.float32(w[t, c, i]) * half_value(scales[t, c // size, i])
 
 
 @njit(parallel=True, **JIT)
@@ -200,11 +188,9 @@ def _int8_dequant_bf16_kernel(w, scales, out):  # pragma: no cover - compiled
     for c in prange(k):
         f = np.empty(r, np.float32)
         u = f.view(np.uint32)
-        s = np.empty((1, r), np.float32)
         for t in range(nt):
-            tile_halves(scales, t, c // size, s, 0)
             for i in range(r):
-                f[i] = np.float32(w[t, c, i]) * s[0, i]
+                f[i] = np.float32(w[t, c, i]) * half_value(scales[t, c // size, i])
             row = out[c, t * r : (t + 1) * r]
             for i in range(r):
                 row[i] = _bf16_bits(u[i])

@@ -28,10 +28,9 @@ def _scalar(bits, out):
 
 
 @numba.njit
-def _tiles(src, dst):
-    for t in range(src.shape[0]):
-        for g in range(src.shape[1]):
-            nh.tile_halves(src, t, g, dst, t * src.shape[1] + g)
+def _values(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = nh.half_value(bits[i])
 
 
 def test_half_to_float_matches_torch_for_every_bit_pattern():
@@ -40,12 +39,10 @@ def test_half_to_float_matches_torch_for_every_bit_pattern():
     assert np.array_equal(out.view(np.uint32), torch_floats(ALL_BITS))  # ±0, subnormals, ±inf, NaN payloads
 
 
-def test_tile_halves_matches_torch_for_every_bit_pattern():
-    src = ALL_BITS.reshape(512, 2, 64)  # [tiles, groups, 64 lanes]
-    dst = np.full((1024, 70), np.nan, np.float32)  # wider rows: only the first 64 values are written
-    _tiles(src, dst)
-    assert np.array_equal(dst[:, :64].reshape(-1).view(np.uint32), torch_floats(ALL_BITS))
-    assert np.isnan(dst[:, 64:]).all()
+def test_half_value_matches_torch_for_every_bit_pattern():
+    out = np.empty(1 << 16, np.float32)
+    _values(ALL_BITS, out)
+    assert np.array_equal(out.view(np.uint32), torch_floats(ALL_BITS))
 
 
 def test_half_bits_is_a_view_of_float16_only():
@@ -58,7 +55,7 @@ def test_half_bits_is_a_view_of_float16_only():
         nh.half_bits(t.float())
 
 
-# Compiled in a child process for another CPU: x86-64 without F16C takes the integer loop, Haswell vcvtph2ps.
+# Compiled in a child process for another CPU: x86-64 without F16C takes the integer operations, Haswell vcvtph2ps.
 _TARGETS = {
     "haswell": ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,+popcnt,+sse,+sse2,"
                 "+sse3,+sse4.1,+sse4.2,+ssse3,+xsave", True),
@@ -70,23 +67,23 @@ _TARGET_CHECK = """
     from rusteeze.kernels import numba_half as nh
 
     @numba.njit
-    def tiles(src, dst):
-        for t in range(src.shape[0]):
-            nh.tile_halves(src, t, 1, dst, t)
+    def values(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = nh.half_value(bits[i])
 
     bits = np.arange(1 << 16, dtype=np.uint16)
-    dst = np.empty((1024, 64), np.float32)
-    tiles(np.stack([np.zeros_like(bits), bits]).reshape(2, 1024, 64).transpose(1, 0, 2).copy(), dst)
+    out = np.empty(1 << 16, np.float32)
+    values(bits, out)
     ref = torch.from_numpy(bits.view(np.int16).copy()).view(torch.float16).float().numpy()
-    assert np.array_equal(dst.reshape(-1).view(np.uint32), ref.view(np.uint32)), "values differ"
-    asm = "".join(tiles.inspect_asm(s) for s in tiles.signatures)
+    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), "values differ"
+    asm = "".join(values.inspect_asm(s) for s in values.signatures)
     assert ("vcvtph2ps" in asm) == (sys.argv[1] == "True") and "zmm" not in asm, "not the expected instructions"
     print("ok")
 """
 
 
 @pytest.mark.parametrize("cpu", sorted(_TARGETS))
-def test_tile_halves_compiled_for_avx2_and_for_plain_x86_64(cpu, tmp_path):
+def test_half_value_compiled_for_avx2_and_for_plain_x86_64(cpu, tmp_path):
     features, f16c = _TARGETS[cpu]
     env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(_TARGET_CHECK), str(f16c)], capture_output=True,
