@@ -29,6 +29,8 @@ call: the packed weight once (N·K/2 bytes int4, N·K int8) plus 4·N·K/G bytes
 scales and mins (int4 at G = 32: 1/4 of the packed weight's bytes, was 1/2 with float32).
 """
 
+import math
+
 import numpy as np
 import torch
 from numba import njit, prange
@@ -42,6 +44,7 @@ TILE = 64  # output rows per tile (R)
 # wake-up (µs on an idle machine, a scheduler time slice on a busy one), more
 # than the work it would split (SmolLM2's 576×576 o_proj is 0.33 M MACs).
 PARALLEL_MIN_MACS = 1 << 20
+DEQUANT_STEP = 32  # columns per dequantize work item, at most (fewer where the group size is not a multiple)
 
 
 @njit(fastmath=True, cache=True)
@@ -123,7 +126,9 @@ def _int8_parallel(x, w, scales, out):  # pragma: no cover - compiled
 # Dequantization writes W transposed, [K, NT * R]: row c holds column c of every output row, so a
 # tile's R rows land side by side (contiguous stores) and torch's GEMM reads it as the [K, N] operand.
 # Float32, or bfloat16 bits (uint16): the float32 value rounded to nearest even, as Tensor.bfloat16()
-# rounds it, in one pass (half the bytes written, no separate conversion pass).
+# rounds it, in one pass (half the bytes written, no separate conversion pass). Work items are runs of
+# ``step`` columns inside one group (int4: bytes, 2 columns each): the group's scales and mins of every
+# tile are converted to float32 once per run, into a buffer [NT, R], not once per column.
 @njit(inline="always", **JIT)
 def _bf16_bits(u):  # pragma: no cover - compiled
     # The bits u (uint32) of a float32 → its bfloat16 bits (uint16), rounded to nearest even; NaN stays NaN
@@ -132,68 +137,89 @@ def _bf16_bits(u):  # pragma: no cover - compiled
     return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
+@njit(inline="always", **JIT)
+def _group_floats(src, g, dst):  # pragma: no cover - compiled
+    # dst [NT, R] f32 = the float16 bits src[:, g, :] as float32: group g's values of every tile
+    for t in range(dst.shape[0]):
+        for i in range(dst.shape[1]):
+            dst[t, i] = half_value(src[t, g, i])
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def _int4_dequant_kernel(w, scales, mins, out):  # pragma: no cover - compiled
+def _int4_dequant_kernel(w, scales, mins, step, out):  # pragma: no cover - compiled
     # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] f32 (W transposed)
     nt, half_k, r = w.shape
     half = half_k // scales.shape[1]
-    for j in prange(half_k):
-        g = j // half
-        for t in range(nt):
-            for i in range(r):
-                b = w[t, j, i]
-                s, mn = half_value(scales[t, g, i]), half_value(mins[t, g, i])
-                out[2 * j, t * r + i] = np.float32(b & 15) * s + mn
-                out[2 * j + 1, t * r + i] = np.float32(b >> 4) * s + mn
+    for b in prange(half_k // step):
+        s = np.empty((nt, r), np.float32)
+        mn = np.empty((nt, r), np.float32)
+        _group_floats(scales, b * step // half, s)
+        _group_floats(mins, b * step // half, mn)
+        for j in range(b * step, (b + 1) * step):
+            for t in range(nt):
+                for i in range(r):
+                    v = w[t, j, i]
+                    out[2 * j, t * r + i] = np.float32(v & 15) * s[t, i] + mn[t, i]
+                    out[2 * j + 1, t * r + i] = np.float32(v >> 4) * s[t, i] + mn[t, i]
 
 
 @njit(parallel=True, **JIT)
-def _int4_dequant_bf16_kernel(w, scales, mins, out):  # pragma: no cover - compiled
+def _int4_dequant_bf16_kernel(w, scales, mins, step, out):  # pragma: no cover - compiled
     # w [NT, K/2, R] u8, scales/mins [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] u16: bfloat16 bits of W transposed
     nt, half_k, r = w.shape
     half = half_k // scales.shape[1]
-    for j in prange(half_k):
-        g = j // half
+    for b in prange(half_k // step):
+        s = np.empty((nt, r), np.float32)
+        mn = np.empty((nt, r), np.float32)
+        _group_floats(scales, b * step // half, s)
+        _group_floats(mins, b * step // half, mn)
         f = np.empty(r, np.float32)  # one tile's values of column 2j (then 2j + 1), as float32
         u = f.view(np.uint32)
-        for t in range(nt):
-            for i in range(r):
-                f[i] = np.float32(w[t, j, i] & 15) * half_value(scales[t, g, i]) + half_value(mins[t, g, i])
-            row = out[2 * j, t * r : (t + 1) * r]
-            for i in range(r):
-                row[i] = _bf16_bits(u[i])
-            for i in range(r):
-                f[i] = np.float32(w[t, j, i] >> 4) * half_value(scales[t, g, i]) + half_value(mins[t, g, i])
-            row = out[2 * j + 1, t * r : (t + 1) * r]
-            for i in range(r):
-                row[i] = _bf16_bits(u[i])
+        for j in range(b * step, (b + 1) * step):
+            for t in range(nt):
+                for i in range(r):
+                    f[i] = np.float32(w[t, j, i] & 15) * s[t, i] + mn[t, i]
+                row = out[2 * j, t * r : (t + 1) * r]
+                for i in range(r):
+                    row[i] = _bf16_bits(u[i])
+                for i in range(r):
+                    f[i] = np.float32(w[t, j, i] >> 4) * s[t, i] + mn[t, i]
+                row = out[2 * j + 1, t * r : (t + 1) * r]
+                for i in range(r):
+                    row[i] = _bf16_bits(u[i])
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _int8_dequant_kernel(w, scales, out):  # pragma: no cover - compiled
+def _int8_dequant_kernel(w, scales, step, out):  # pragma: no cover - compiled
     # w [NT, K, R] i8, scales [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] f32 (W transposed)
     nt, k, r = w.shape
     size = k // scales.shape[1]
-    for c in prange(k):
-        for t in range(nt):
-            for i in range(r):
-                out[c, t * r + i] = np.float32(w[t, c, i]) * half_value(scales[t, c // size, i])
+    for b in prange(k // step):
+        s = np.empty((nt, r), np.float32)
+        _group_floats(scales, b * step // size, s)
+        for c in range(b * step, (b + 1) * step):
+            for t in range(nt):
+                for i in range(r):
+                    out[c, t * r + i] = np.float32(w[t, c, i]) * s[t, i]
 
 
 @njit(parallel=True, **JIT)
-def _int8_dequant_bf16_kernel(w, scales, out):  # pragma: no cover - compiled
+def _int8_dequant_bf16_kernel(w, scales, step, out):  # pragma: no cover - compiled
     # w [NT, K, R] i8, scales [NT, K/G, R] u16 (f16 bits) → out [K, NT * R] u16: bfloat16 bits of W transposed
     nt, k, r = w.shape
     size = k // scales.shape[1]
-    for c in prange(k):
+    for b in prange(k // step):
+        s = np.empty((nt, r), np.float32)
+        _group_floats(scales, b * step // size, s)
         f = np.empty(r, np.float32)
         u = f.view(np.uint32)
-        for t in range(nt):
-            for i in range(r):
-                f[i] = np.float32(w[t, c, i]) * half_value(scales[t, c // size, i])
-            row = out[c, t * r : (t + 1) * r]
-            for i in range(r):
-                row[i] = _bf16_bits(u[i])
+        for c in range(b * step, (b + 1) * step):
+            for t in range(nt):
+                for i in range(r):
+                    f[i] = np.float32(w[t, c, i]) * s[t, i]
+                row = out[c, t * r : (t + 1) * r]
+                for i in range(r):
+                    row[i] = _bf16_bits(u[i])
 
 
 def _tiles(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -318,7 +344,9 @@ def dequantize_int4_t(
     """
     dst = _dequant_out(out, w.shape[1] * 2, w.shape[0] * TILE)
     kernel = _int4_dequant_bf16_kernel if dst.dtype == np.uint16 else _int4_dequant_kernel
-    kernel(w.numpy(), half_bits(scales), half_bits(mins), dst)
+    kernel(
+        w.numpy(), half_bits(scales), half_bits(mins), math.gcd(w.shape[1] // scales.shape[1], DEQUANT_STEP // 2), dst
+    )
     return (torch.from_numpy(dst) if out is None else out)[:, :n]
 
 
@@ -332,7 +360,7 @@ def dequantize_int8_t(w: torch.Tensor, scales: torch.Tensor, n: int, out: torch.
     """
     dst = _dequant_out(out, w.shape[1], w.shape[0] * TILE)
     kernel = _int8_dequant_bf16_kernel if dst.dtype == np.uint16 else _int8_dequant_kernel
-    kernel(w.numpy(), half_bits(scales), dst)
+    kernel(w.numpy(), half_bits(scales), math.gcd(w.shape[1] // scales.shape[1], DEQUANT_STEP), dst)
     return (torch.from_numpy(dst) if out is None else out)[:, :n]
 
 
