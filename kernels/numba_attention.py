@@ -5,21 +5,24 @@ Same semantics as ``torch_ops.paged_attention``: sequence ``b`` owns query rows
 ``seq_lens[b]``-token context, whose keys and values are already in the cache;
 the query at absolute position ``p`` sees keys ``j <= p`` (and ``j > p - window``).
 
-Work split: one work item per (sequence, KV head, query tile). A tile packs up
-to ``max(1, TILE_ROWS // G)`` consecutive query tokens times the ``G = Hq / Hk``
-query heads that share the KV head into rows, so every key and value read from
-the cache serves all of them; a decode step is one token, ``G`` rows. Items run
-in parallel (``prange``).
+Work split: one work item per (sequence, query tile), every KV head. A tile
+packs up to ``max(1, TILE_ROWS // G)`` consecutive query tokens times the
+``G = Hq / Hk`` query heads that share a KV head into that head's rows, so every
+key and value read from the cache serves all of them; a decode step is one
+token, ``Hq`` rows. Items run in parallel (``prange``).
 
 Keys are read in place through the block table (no gather copy), only inside
 the tile's visible range ``[lo of its first query, hi of its last)``: slots
 outside it (unwritten, NaN, or in released sliding-window blocks, table entry
 -1) are never read. Softmax is online over chunks of ``CHUNK`` keys on a grid
-of absolute key positions. Per chunk: the flat cache offset of each key row
-(one block-table lookup per block run, shared by every row); the scores of
-every row, 16 keys per :func:`~numba_attention_simd.score_group` call (the 16
-dot products in registers, reduced together); the chunk max, one rescale of the
-row's running sum and accumulator, ``exp`` (vectorized, see
+of absolute key positions. Per chunk: a prefetch of the next chunk's blocks
+(every head's K and V rows: contiguous runs of ``Hk·D`` floats per key; an
+item also prefetches the next item's first chunk); the flat cache offset of
+each key row and KV head (one block-table lookup per block run, shared by
+every row); the scores of every row, KV head by KV head, 16 keys per
+:func:`~numba_attention_simd.score_group` call (the 16 dot products in
+registers, reduced together); the chunk max, one rescale of the row's
+running sum and accumulator, ``exp`` (vectorized, see
 ``numba_checks.exp_parts``); and the values, a query token's G rows at a time
 (:func:`~numba_attention_simd.value_rows_3` etc.: their accumulators in
 registers over the token's visible keys, no per-key branch).
@@ -33,13 +36,19 @@ than in the prefill tile, and ``score_group`` sums every slot in the same order
 (see :mod:`numba_attention_simd`); a row's values are added key by key in key
 order, whichever rows share the pass.
 
-Memory traffic: every K/V element in a tile's range is read once per (query
-tile, KV head) — for decode exactly once per sequence, ``2·ctx·Hk·D·4`` bytes —
-plus q and out once. A decode step reads 512 bytes of K and V per key for G = 3
-(query row, key) pairs, from blocks in random places: on the machine of
-docs/kernels.md (AVX-512 EPYC, 1 thread) such reads stream at ~10 GB/s (28 GB/s
-in order), ~17 ns per pair, so a model's decode (each layer's cache long gone
-from L3) is memory-bound. ``benches/attention_kernel.py``, SmolLM2 (9 / 3 heads,
+Memory traffic: every K/V element in a tile's range is read once per query
+tile — for decode exactly once per sequence, ``2·ctx·Hk·D·4`` bytes — plus q
+and out once. A decode step reads 512 bytes of K and V per key and KV head for
+G = 3 (query row, key) pairs, from blocks in random places: on the machine of
+docs/kernels.md (AVX-512 EPYC, 1 thread) one head's rows per item streamed at
+~10 GB/s (28 GB/s in order), so a model's decode (each layer's cache long gone
+from L3) is memory-bound. Reading every head of a block in one item and
+prefetching a chunk ahead: keys from memory, 64 sequences, ns per pair, the
+per-KV-head items of bd19833 → this, same run, 1 thread: 28.6 → 22.6 (ctx 130),
+27.0 → 21.7 (ctx 256); 2 threads 14.9 → 12.6 (ctx 256); without the prefetch
+the per-sequence items alone gained 2-5 %; prefetching 2 or 3 chunks ahead
+was no better than 1. Before (one item per KV head):
+``benches/attention_kernel.py``, SmolLM2 (9 / 3 heads,
 head_dim 64, block 16), 64 sequences of 130 keys, ns per (row, key) pair, the
 former kernel (a dot product and a horizontal sum per row and key, a branch and
 an axpy per row and key) → this one, same run: keys in L2/L3 13.7 → 8.9 at 1
@@ -66,6 +75,7 @@ from rusteeze.kernels import torch_ops
 from rusteeze.kernels.numba_attention_simd import (
     GROUP,
     PAD,
+    prefetch,
     score_group,
     value_rows_1,
     value_rows_2,
@@ -76,6 +86,7 @@ from rusteeze.kernels.numba_checks import JIT, check_cpu, exp_parts, index_array
 from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_tensor
 
 CHUNK = 64  # keys per online-softmax step (absolute grid: chunk c covers keys [64c, 64c + 64))
+PREFETCH_CHUNKS = 1  # chunks of keys prefetched ahead of the one computed
 TILE_ROWS = 32  # query rows (tokens × GQA heads) per prefill work item
 TORCH_PREFILL_MIN_Q = 8  # sequences with this many query tokens or more use the torch op (measured)
 PARALLEL_MIN_ROWS = 4  # from this many query rows (tokens) the work items spread over threads
@@ -85,26 +96,30 @@ _BAD_BLOCK = 1
 
 
 @numba.njit(**JIT)
-def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale, window, out):
-    """Attention of query tokens ``i0 .. i0+nq`` of one sequence, the G heads of KV head ``g``.
+def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, scale, window, out):
+    """Attention of query tokens ``i0 .. i0+nq`` of one sequence, every query head.
 
     q: [T, Hq, D]; k_cache/v_cache: [N, S, Hk, D]; table: [max_blocks] int32, this
     sequence's row of the block table; ctx: context length; row0: the sequence's
     first query row; q_len: its query count; scale: softmax scale; window: sliding
     window or 0; out: [T, Hq, D], rows written. Returns _OK or _BAD_BLOCK.
+
+    Rows: KV head g's rows are ``g·R .. g·R + R`` (R = nq·G), token iq's G heads
+    at ``g·R + iq·G + h``. Per chunk every KV head's scores, then its softmax, then
+    its values: the chunk's blocks are read whole (all heads' K rows, then V).
     """
     num_blocks, block_size, kv_heads = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
     head_dim = q.shape[2]
     group = q.shape[1] // kv_heads
-    rows = nq * group
+    rows = nq * group  # rows per KV head
     width = -(-head_dim // PAD) * PAD
-    qs = np.zeros((rows, width), np.float32)  # scaled queries, zero past head_dim
-    acc = np.zeros((rows, width), np.float32)
-    s = np.empty((rows, CHUNK + GROUP), np.float32)  # scores, then probabilities (GROUP: score_group's overrun)
-    koff = np.empty(CHUNK, np.int64)  # flat offset of each key row of the chunk in k_cache / v_cache
-    m = np.full(rows, -np.inf, np.float32)
-    l_sum = np.zeros(rows, np.float32)
-    lo = np.empty(rows, np.int64)
+    qs = np.zeros((kv_heads * rows, width), np.float32)  # scaled queries, zero past head_dim
+    acc = np.zeros((kv_heads * rows, width), np.float32)
+    s = np.empty((kv_heads * rows, CHUNK + GROUP), np.float32)  # scores, then probabilities (GROUP: overrun)
+    koff = np.empty((kv_heads, CHUNK), np.int64)  # flat offset of each key row of the chunk, per KV head
+    m = np.full(kv_heads * rows, -np.inf, np.float32)
+    l_sum = np.zeros(kv_heads * rows, np.float32)
+    lo = np.empty(rows, np.int64)  # visible keys [lo, hi) of row r (the same for every KV head)
     hi = np.empty(rows, np.int64)
     pbuf = np.empty(CHUNK, np.float32)
     ebuf = np.empty(CHUNK, np.int32)
@@ -114,10 +129,11 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
         pos = ctx - q_len + i0 + iq  # absolute position of this query token
         first = max(pos - window + 1, 0) if window > 0 else 0
         for h in range(group):
-            r = iq * group + h
-            lo[r] = first
-            hi[r] = pos + 1
-            qrow = q[row0 + i0 + iq, g * group + h]
+            lo[iq * group + h] = first
+            hi[iq * group + h] = pos + 1
+        for hq in range(q.shape[1]):
+            qrow = q[row0 + i0 + iq, hq]
+            r = (hq // group) * rows + iq * group + hq % group
             for d in range(head_dim):
                 qs[r, d] = qrow[d] * sc
     k_lo = lo[0]  # the first query sees the earliest keys, the last one the latest
@@ -126,17 +142,21 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
     while c < k_hi:
         c_end = min(c + CHUNK, k_hi)
         j_start = max(c, k_lo)
+        ahead = c + PREFETCH_CHUNKS * CHUNK  # the chunk PREFETCH_CHUNKS on (the first ones: see _attend_item)
+        _prefetch_keys(table, num_blocks, k_cache, v_cache, ahead, min(ahead + CHUNK, k_hi))
         # the chunk's key rows [j_start, c_end): one block-table lookup per block run, shared by every row
-        if not _chunk_rows(table, num_blocks, block_size, kv_heads, g, head_dim, c, j_start, c_end, koff):
+        if not _chunk_rows(table, num_blocks, block_size, kv_heads, head_dim, c, j_start, c_end, koff):
             return _BAD_BLOCK
-        # scores of every row against all of them, GROUP keys at a time
-        for r in range(rows):
-            for col in range(j_start - c, c_end - c, GROUP):
-                score_group(qs, r, k_cache, koff, col, min(GROUP, c_end - c - col), s)
+        # scores of every row against all of them, GROUP keys at a time, KV head by KV head
+        for g in range(kv_heads):
+            kg = koff[g]
+            for r in range(g * rows, (g + 1) * rows):
+                for col in range(j_start - c, c_end - c, GROUP):
+                    score_group(qs, r, k_cache, kg, col, min(GROUP, c_end - c - col), s)
         # online softmax: each row over its own visible part of the chunk
-        for r in range(rows):
-            a = max(lo[r], j_start) - c
-            e = min(hi[r], c_end) - c
+        for r in range(kv_heads * rows):
+            a = max(lo[r % rows], j_start) - c
+            e = min(hi[r % rows], c_end) - c
             if a >= e:
                 continue
             mc = s[r, a]
@@ -161,26 +181,28 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, g, scale,
                 total += p
             l_sum[r] += total
         # values weighted by the probabilities now in s: a token's G rows share its visible range
-        for iq in range(nq):
-            r = iq * group
-            a = max(lo[r], j_start) - c
-            e = min(hi[r], c_end) - c
-            if a < e:
-                _value_rows(acc, r, group, s, v_cache, koff, a, e)
+        for g in range(kv_heads):
+            kg = koff[g]
+            for iq in range(nq):
+                r = iq * group
+                a = max(lo[r], j_start) - c
+                e = min(hi[r], c_end) - c
+                if a < e:
+                    _value_rows(acc, g * rows + r, group, s, v_cache, kg, a, e)
         c += CHUNK
     for iq in range(nq):
-        for h in range(group):
-            r = iq * group + h
+        for hq in range(q.shape[1]):
+            r = (hq // group) * rows + iq * group + hq % group
             inv = np.float32(1.0) / l_sum[r] if l_sum[r] > 0 else np.float32(0.0)
-            orow = out[row0 + i0 + iq, g * group + h]
+            orow = out[row0 + i0 + iq, hq]
             for d in range(head_dim):
                 orow[d] = acc[r, d] * inv
     return _OK
 
 
 @numba.njit(inline="always", **JIT)
-def _chunk_rows(table, num_blocks, block_size, kv_heads, g, head_dim, c, j_start, c_end, koff):
-    """koff[j - c] = the flat cache offset of key j's head-g row, j in [j_start, c_end); False on a bad block."""
+def _chunk_rows(table, num_blocks, block_size, kv_heads, head_dim, c, j_start, c_end, koff):
+    """koff[g, j - c] = the flat cache offset of key j's head-g row, j in [j_start, c_end); False on a bad block."""
     j = j_start
     while j < c_end:
         lb = j // block_size
@@ -188,11 +210,29 @@ def _chunk_rows(table, num_blocks, block_size, kv_heads, g, head_dim, c, j_start
         if blk < 0 or blk >= num_blocks:
             return False
         run_end = min(c_end, (lb + 1) * block_size)
-        base = ((blk * block_size + j - lb * block_size) * kv_heads + g) * head_dim
-        for jj in range(j, run_end):
-            koff[jj - c] = base + (jj - j) * kv_heads * head_dim
+        base = (blk * block_size + j - lb * block_size) * kv_heads * head_dim
+        for g in range(kv_heads):
+            for jj in range(j, run_end):
+                koff[g, jj - c] = base + ((jj - j) * kv_heads + g) * head_dim
         j = run_end
     return True
+
+
+@numba.njit(inline="always", **JIT)
+def _prefetch_keys(table, num_blocks, k_cache, v_cache, j0, j1):
+    """Prefetch every KV head's K and V rows of keys [j0, j1) into L2 (contiguous runs; bad blocks skipped)."""
+    block_size = k_cache.shape[1]
+    key_floats = k_cache.shape[2] * k_cache.shape[3]
+    j = j0
+    while j < j1:
+        lb = j // block_size
+        blk = table[lb]
+        run_end = min(j1, (lb + 1) * block_size)
+        if 0 <= blk < num_blocks:
+            off = (blk * block_size + j - lb * block_size) * key_floats
+            prefetch(k_cache, off, (run_end - j) * key_floats)
+            prefetch(v_cache, off, (run_end - j) * key_floats)
+        j = run_end
 
 
 @numba.njit(inline="always", **JIT)
@@ -220,10 +260,10 @@ _BAD_BLOCK_STATUS = -(1 << 62)
 
 @numba.njit(**JIT)
 def _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q):
-    """The (sequence, KV head, first query token) work items, and the sequences left to torch.
+    """The (sequence, first query token) work items, and the sequences left to torch.
 
     Sequences with ``torch_min_q`` or more query tokens are left out (for the torch op).
-    Returns (items [count, 3], skipped >= 0), or (empty, ``-1 - b``) when sequence b's
+    Returns (items [count, 2], skipped >= 0), or (empty, ``-1 - b``) when sequence b's
     offsets, length or table width are inconsistent.
     """
     batch = seq_lens.shape[0]
@@ -234,34 +274,46 @@ def _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q):
     for b in range(batch):
         start, end, ctx = cu[b], cu[b + 1], seq_lens[b]
         if start < 0 or end < start or end > q.shape[0]:
-            return np.empty((0, 3), np.int64), -1 - b
+            return np.empty((0, 2), np.int64), -1 - b
         if end > start and (end - start > ctx or (ctx + block_size - 1) // block_size > tables.shape[1]):
-            return np.empty((0, 3), np.int64), -1 - b
+            return np.empty((0, 2), np.int64), -1 - b
         if end - start >= torch_min_q:
             skipped += 1
         else:
-            count += kv_heads * ((end - start + tile_q - 1) // tile_q)
-    items = np.empty((count, 3), np.int64)
+            count += (end - start + tile_q - 1) // tile_q
+    items = np.empty((count, 2), np.int64)
     n = 0
     for b in range(batch):
         q_len = cu[b + 1] - cu[b]
         if q_len >= torch_min_q:
             continue
         for i0 in range(0, q_len, tile_q):
-            for g in range(kv_heads):
-                items[n, 0] = b
-                items[n, 1] = g
-                items[n, 2] = i0
-                n += 1
+            items[n, 0] = b
+            items[n, 1] = i0
+            n += 1
     return items, skipped
+
+
+@numba.njit(inline="always", **JIT)
+def _prefetch_start(k_cache, v_cache, cu, seq_lens, tables, window, items, w):
+    """Prefetch the keys of item w's first PREFETCH_CHUNKS chunks (its first query token's visible ones)."""
+    b, i0 = items[w, 0], items[w, 1]
+    pos = seq_lens[b] - (cu[b + 1] - cu[b]) + i0
+    first = max(pos - window + 1, 0) if window > 0 else 0
+    end = min((first // CHUNK + PREFETCH_CHUNKS) * CHUNK, pos + 1)
+    _prefetch_keys(tables[b], k_cache.shape[0], k_cache, v_cache, first, end)
 
 
 @numba.njit(**JIT)
 def _attend_item(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, out, items, w):
-    b, g, i0 = items[w, 0], items[w, 1], items[w, 2]
+    if w == 0:
+        _prefetch_start(k_cache, v_cache, cu, seq_lens, tables, window, items, w)
+    if w + 1 < items.shape[0]:  # the next item (the same thread's next, mostly): its first chunks on their way
+        _prefetch_start(k_cache, v_cache, cu, seq_lens, tables, window, items, w + 1)
+    b, i0 = items[w, 0], items[w, 1]
     q_len = cu[b + 1] - cu[b]
     nq = min(max(1, TILE_ROWS // (q.shape[1] // k_cache.shape[2])), q_len - i0)
-    return _attend_tile(q, k_cache, v_cache, tables[b], seq_lens[b], cu[b], q_len, i0, nq, g, scale, window, out)
+    return _attend_tile(q, k_cache, v_cache, tables[b], seq_lens[b], cu[b], q_len, i0, nq, scale, window, out)
 
 
 # Two drivers over the same work items: in the calling thread (small batches, where

@@ -42,6 +42,7 @@ from numba.extending import intrinsic
 
 GROUP = 16  # keys per score_group call
 PAD = 64  # qs and acc rows are padded to a multiple of this many floats
+_LINE_FLOATS = 16  # floats per 64-byte cache line
 _F32, _I1, _I32, _I64 = ir.FloatType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
 
 
@@ -265,3 +266,31 @@ value_rows_1 = _value_rows(1)
 value_rows_2 = _value_rows(2)
 value_rows_3 = _value_rows(3)
 value_rows_4 = _value_rows(4)
+
+
+@intrinsic
+def prefetch(typingctx, cache, offset, count):
+    """Ask for the cache lines of ``cache``'s flat floats ``[offset, offset + count)`` in L2 (no fault, no wait).
+
+    cache: a C-contiguous [N, S, Hk, D] float32 cache; one ``prefetcht1`` per
+    64-byte line (locality 2: L2, leaving L1 to the chunk being computed).
+    """
+    if not (_is_array(cache, types.float32, 4) and all(isinstance(v, types.Integer) for v in (offset, count))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        e = _Emit(context, builder, 16)
+        b = builder
+        data, _ = e.array(sig.args[0], args[0])
+        offset, count = (e.index(args[i], sig.args[i]) for i in (1, 2))
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(b.module, fnty, "llvm.prefetch.p0")
+        line = ir.Constant(_I64, _LINE_FLOATS)
+        lines = b.sdiv(b.add(count, ir.Constant(_I64, _LINE_FLOATS - 1)), line)
+        with cgutils.for_range(b, lines) as loop:
+            ptr = b.bitcast(b.gep(data, [b.add(offset, b.mul(loop.index, line))]), i8p)
+            b.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(cache, offset, count), codegen
