@@ -74,11 +74,13 @@ from rusteeze.kernels.numba_checks import JIT
 from rusteeze.kernels.numba_half import half_bits, half_value
 from rusteeze.kernels.numba_pair_dot import TILE_JIT, block_rows, group_parts
 from rusteeze.kernels.numba_quant_matmul import PARALLEL_MIN_MACS, TILE
+from rusteeze.kernels.numba_stack import stack_pointer
 
 ACT_BLOCK = 32  # activation values per int8 scale, where it divides the weight's group size
 INT16_MAX_BLOCK = 512  # int16 activations × int8 weights: 512 · 127 · 32767 < 2^31, no int32 overflow
 ACT_BITS = (8, 16)  # activation widths the kernels take
 ROWS = 5  # the most activation rows per pass over a weight block (numba_pair_dot.block_rows)
+_SCRATCH = ROWS * TILE  # elements of each per-tile working buffer (numba_stack: in the tile's stack frame)
 
 
 @numba.njit(**JIT)
@@ -116,9 +118,9 @@ def _int4_q8_tile(xq, xd, xs, w, scales, mins, out, t):  # pragma: no cover - co
     groups = scales.shape[1]
     blocks = xd.shape[1] // groups  # activation blocks per weight group
     size = xq.shape[1] // xd.shape[1]  # B
-    isum = np.empty((ROWS, TILE), np.int32)
-    part = np.empty((ROWS, TILE), np.float32)  # Σ d_b · isum_b over the group's blocks but the last
-    acc = np.empty((ROWS, TILE), np.float32)
+    isum = numba.carray(stack_pointer(np.int32, _SCRATCH), (ROWS, TILE))  # on the stack: no allocation per tile
+    part = numba.carray(stack_pointer(np.float32, _SCRATCH), (ROWS, TILE))  # Σ d_b · isum_b, blocks but the last
+    acc = numba.carray(stack_pointer(np.float32, _SCRATCH), (ROWS, TILE))
     m = 0
     while m < xq.shape[0]:  # a block of rows: each row's order of operations is its own
         rows = block_rows(xq.shape[0] - m)
@@ -146,9 +148,9 @@ def _int8_q8_tile(xq, xd, w, scales, out, t):  # pragma: no cover - compiled
     groups = scales.shape[1]
     blocks = xd.shape[1] // groups
     size = xq.shape[1] // xd.shape[1]  # B
-    isum = np.empty((ROWS, TILE), np.int32)
-    part = np.empty((ROWS, TILE), np.float32)
-    acc = np.empty((ROWS, TILE), np.float32)
+    isum = numba.carray(stack_pointer(np.int32, _SCRATCH), (ROWS, TILE))
+    part = numba.carray(stack_pointer(np.float32, _SCRATCH), (ROWS, TILE))
+    acc = numba.carray(stack_pointer(np.float32, _SCRATCH), (ROWS, TILE))
     m = 0
     while m < xq.shape[0]:
         rows = block_rows(xq.shape[0] - m)
