@@ -21,18 +21,21 @@ tiles (``w8``/``s8``), scales and mins as float16 bits (uint16), each with
 float32 activations or activations quantized to int16 per block
 (``numba_q8_matmul``; dtype "auto"), or a float32 ``[N, K]`` weight (``wf``);
 the unused arrays are empty, so every layer, whatever its formats, runs the one
-compiled signature. Rows run in the calling thread, each in a fixed order that
+compiled signature. Each row is computed in a fixed order that
 does not depend on the other rows (batch invariant, as the per-op kernels).
 
 With int16 activations the tiles take a step's rows 4-5 at a time, reading
 each weight block once for all of them, so a step's cost grows slowly with its
 tokens (SmolLM2 Q4_1 forward, context 128, AVX-512 EPYC, 1 thread: 1 token
 6.7 ms, 5 tokens of one sequence 12.8 ms — ×1.9 where the one-row loop cost
-~×3.8; 2 threads 4.4 and 8.5 ms). Batch steps of 8 and 16 single-token
-sequences run faster here than through the per-op path (16: 40.8 against 51.4
-ms on 1 thread, 30.0 against 33.5 on 2); 32 and 64 only on 1 thread (87 / 156
-against 93 / 180 ms; on 2 threads 58 / 114 against 56 / 106: the attention
-here runs in the calling thread).
+~×3.8; 2 threads 4.4 and 8.5 ms). Larger products spread their tiles over
+Numba's threads (``FUSED_PARALLEL_MIN_MACS``), and from ``PARALLEL_MIN_ROWS``
+tokens so does the attention (its parallel driver: the same work items, the
+same bits); norms, rotary, the cache store and SiLU run in the calling thread.
+Batch steps run faster here than through the per-op path: 64 single-token
+sequences after 128-token prompts, SmolLM2 Q4_1, 2 threads
+(``benches/batch_step.py``), 110 ms against 138 per step (before the attention
+ran in parallel here: 114 against 106).
 
 The compiled layer holds its callees' code (Numba caches it under this file's
 contents only): after changing a kernel it calls (``numba_q8_matmul``,
@@ -52,7 +55,13 @@ import numpy as np
 import torch
 
 from rusteeze.kernels.numba_activation import _silu_and_mul_rows
-from rusteeze.kernels.numba_attention import _OK, TORCH_PREFILL_MIN_Q, _attention_serial
+from rusteeze.kernels.numba_attention import (
+    _OK,
+    PARALLEL_MIN_ROWS,
+    TORCH_PREFILL_MIN_Q,
+    _attention_parallel,
+    _attention_serial,
+)
 from rusteeze.kernels.numba_checks import JIT, array, index_array, is_f32
 from rusteeze.kernels.numba_half import half_bits
 from rusteeze.kernels.numba_norm import _add_rms_norm_rows, _rms_norm_rows
@@ -242,7 +251,10 @@ def decoder_layer(
         if slots[m] >= 0:
             _store_token(k[m], v[m], k_cache, v_cache, slots[m])
     att = np.empty((t_count, hq, hd), np.float32)
-    status = _attention_serial(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, _NO_TORCH, att)
+    if t_count >= PARALLEL_MIN_ROWS:  # the same work items spread over Numba's threads: the same bits
+        status = _attention_parallel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, _NO_TORCH, att)
+    else:
+        status = _attention_serial(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, _NO_TORCH, att)
     if status < 0:
         return status
     ao = _linear(att.reshape(t_count, qs), o, hidden)

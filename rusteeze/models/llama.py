@@ -20,9 +20,15 @@ from rusteeze.models.linear import Embedding, Linear, linear
 from rusteeze.models.rotary import cos_sin_cache
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
-# Steps of up to this many tokens take the fused path on the numba backend: the quantized matmuls' own
-# kernel limit (cpu_matmul.NUMBA_MAX_TOKENS; larger batches dequantize and use torch's GEMM).
-FUSED_MAX_TOKENS = 8
+# Steps of up to this many tokens take the fused path on the numba backend when every linear takes int16
+# activations (dtype "auto"): the integer kernels' own limit (cpu_matmul.NUMBA_MAX_TOKENS; larger batches
+# dequantize and use torch's GEMM). SmolLM2 Q4_1, 64 sequences after 128-token prompts, 2 threads
+# (benches/batch_step.py): 110 ms per step fused against 138 per op (the glue between ops, their parallel
+# regions and the KV-cache store's separate pass are gone; attention and matmuls are the same kernels).
+FUSED_MAX_TOKENS = 64
+# Layers with float32 activations (dtype "float32") or float32 weights keep their one-row-at-a-time kernels
+# to this many tokens, as the per-op path does (cpu_matmul.FLOAT_KERNEL_MAX_TOKENS).
+FUSED_FLOAT_MAX_TOKENS = 8
 
 
 class RMSNorm(nn.Module):
@@ -196,7 +202,8 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor | None:
         """The forward through ``numba_decoder.decoder_layer`` (one call per layer), or None where it does not apply.
 
-        Applies on the "numba" backend to float32 CPU steps of up to ``FUSED_MAX_TOKENS`` tokens whose
+        Applies on the "numba" backend to float32 CPU steps of up to ``FUSED_MAX_TOKENS`` tokens
+        (``FUSED_FLOAT_MAX_TOKENS`` unless every linear takes int16 activations) whose
         sequences each have fewer than ``numba_decoder.MAX_QUERY_TOKENS + 1`` query tokens, with every
         linear a Numba-tiled quantized layer or a float32 ``nn.Linear``. Anything else (and a step with a
         bad position or slot, which the per-op kernels then report) takes the per-op path.
@@ -204,7 +211,9 @@ class LlamaForCausalLM(nn.Module):
         fused = self._fused_weights()
         if fused is None or hidden.dtype is not torch.float32 or not hidden.is_cpu:
             return None
-        nd, layers, rope, eps, dims, scale, window = fused
+        nd, layers, rope, eps, dims, scale, window, max_tokens = fused
+        if hidden.shape[0] > max_tokens:
+            return None
         caches = self._fused_caches(nd, kv_caches)
         if caches is None:
             return None
@@ -272,7 +281,9 @@ class LlamaForCausalLM(nn.Module):
         scale = float(cfg.head_dim**-0.5)
         rope = nd.array(self.rope.contiguous())
         window = int(cfg.sliding_window or 0)
-        self._fused = (nd, layers, rope, float(cfg.rms_norm_eps), dims.astype(np.int64), scale, window)
+        q16 = all(lin[0] in (nd.KIND_INT4_Q16, nd.KIND_INT8_Q16) for layer in layers for lin in layer[4:])
+        max_tokens = FUSED_MAX_TOKENS if q16 else FUSED_FLOAT_MAX_TOKENS
+        self._fused = (nd, layers, rope, float(cfg.rms_norm_eps), dims.astype(np.int64), scale, window, max_tokens)
         return self._fused
 
     def _fused_caches(self, nd: ModuleType, kv_caches: list[KVCache]) -> list[tuple[np.ndarray, np.ndarray]] | None:
