@@ -15,8 +15,10 @@ script re-invoked with ``--variant``), so resident memory is that variant's alon
 - disk: the GGUF's size, the quantized directory's total; float32 has no file
   (its figure is the weight bytes in memory);
 - weight: parameters + buffers of the loaded rusteeze model and the CPU kernels' int4/int8 tiles;
-- RSS: VmRSS after loading minus VmRSS before it (after ``import torch, rusteeze``
-  and loading the compiled Numba kernels, or ``import llama_cpp``); the kernels'
+- RSS: VmRSS after loading minus VmRSS before it (after ``import torch`` and
+  ``from rusteeze import LLM``, which imports the engine's modules: ~22 MiB of code
+  and module objects, the same for every model, and after loading the compiled Numba
+  kernels; or after ``import llama_cpp``); the kernels'
   runtime (llvmlite, the compiled code: ~130 MB, the same for every model) is
   printed apart as "kernels MB"; peak: VmHWM at the end of the run minus the same baseline
   (load transients, the touched KV cache and activations). The KV cache budget is
@@ -31,25 +33,22 @@ script re-invoked with ``--variant``), so resident memory is that variant's alon
 All greedy with EOS ignored. Prints the ratios the quantization issue targets.
 
 Where the resident memory of a GGUF-direct load goes (SmolLM2 Q4_1, 93.8 MiB file; VmRSS
-deltas of ``load_model_from_path``'s stages on one thread, after ``malloc_trim``; MiB;
-+157 after ``LLM(...)`` with this script's settings, 1.67x the file):
+after ``LLM(...)`` minus the baseline above, one process per figure; MiB): 114 in all, 1.22x
+the file (1.43x when the engine's imports are counted too, as this script did before):
 
-- Numba tiles 106.3: int4 weights 50.6, their float32 scales and mins 25.3, the tied
-  Q8_0 embedding 27.0 + its scales 3.4 (held once: it is also the lm_head);
-- ~30: torch.fx's symbolic shapes and sympy, imported by ``Module.to_empty`` on meta
-  tensors in ``build_model`` (``torch.empty`` per tensor does not import them);
-- ~15: the ``tokenizers`` BPE object (49152 tokens, 48900 merges; 8 come back
-  when it is deleted, the rest is heap it fragmented);
-- ~6: shared-library pages first touched while loading (``tokenizers``, libtorch);
-- ~5: Python small-object arenas left partly empty by the load's transients
-  (the vocabulary as Python strings, the merges);
-- rotary table 2.0 at 8192 positions (0.06 at this script's ``max_model_len``).
+- Numba tiles 92.1: int4 weights 50.6, their float16 scales and mins 12.7 (float32 until
+  8c43f9a: 25.3), the tied Q8_0 embedding 27.0 + its float16 scales 1.7 (held once: it is
+  also the lm_head);
+- ~16: the ``tokenizers`` BPE object (49152 tokens, 48900 merges) and the heap its
+  construction fragmented (the vocabulary and merges as Python strings, gone after it);
+- ~5: shared-library pages first touched while loading (``tokenizers``, libtorch);
+- rotary table 0.06 at this script's ``max_model_len`` (2.0 at 8192 positions).
 
 Nothing else stays: the reader and its mapping of the file are gone before the
-repack (``GGUFFile.release`` drops each tensor's pages once copied), the KV cache is
-zero-filled by the OS and untouched until used, and a second ``malloc_trim`` after
-``LLM(...)`` frees nothing. The load's peak is the checkpoint-layout buffers (106)
-plus the largest tensor's conversion on top of the above (~210 above the baseline).
+repack (``GGUFFile.release`` drops each tensor's pages once copied), the model is
+allocated with ``torch.empty`` per tensor (``Module.to_empty`` imported torch.fx and
+sympy, ~30 MiB), the KV cache is allocated untouched (64 MiB instead of 16 adds 2), and
+``malloc_trim`` runs after the load.
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ def dir_bytes(path: str) -> int:
 def run_rusteeze(variant: str, path: str, args) -> dict:
     import torch
 
-    import rusteeze  # noqa: F401  (part of the baseline)
+    from rusteeze import LLM, SamplingParams  # the engine's modules are code, not the model: part of the baseline
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,8 +110,6 @@ def run_rusteeze(variant: str, path: str, args) -> dict:
     numba_ops.prepare()  # the compiled kernels' runtime is not the model's memory: measured apart
     gc.collect()
     base = memory_kb()
-    from rusteeze import LLM, SamplingParams
-
     start = time.perf_counter()
     llm = LLM(
         path,
