@@ -89,9 +89,15 @@ from rusteeze.kernels.numba_attention_simd import (
     value_rows_3,
     value_rows_4,
 )
-from rusteeze.kernels.numba_checks import JIT, check_cpu, exp_parts, index_array, is_f32
+from rusteeze.kernels.numba_checks import FASTMATH, JIT, check_cpu, exp_parts, index_array, is_f32
 from rusteeze.kernels.triton_checks import FLOAT_DTYPES, check_tensor
 
+# Compiled without reassociation, like the weight tiles (numba_pair_dot.TILE_JIT): with it a fresh compile and
+# a load from Numba's cache grouped some float32 sums differently (838 of 7488 outputs 1 ulp apart in a test
+# batch), so a greedy near-tie could go one way on the first run after an install and the other way later.
+# Without it both agree bit for bit; the cost, benches/attention_kernel.py against the reassociating build, same
+# run: decode from memory 0.97-0.98x on 1 thread (at 2 threads within noise), 16-token tiles 0.91-0.94x.
+_ATTN_JIT = {**JIT, "fastmath": FASTMATH - {"reassoc"}}
 CHUNK = 64  # keys per online-softmax step (absolute grid: chunk c covers keys [64c, 64c + 64))
 PREFETCH_CHUNKS = 1  # chunks of keys prefetched ahead of the one computed
 TILE_ROWS = 32  # query rows (tokens × GQA heads) per prefill work item
@@ -102,7 +108,7 @@ _OK = 0
 _BAD_BLOCK = 1
 
 
-@numba.njit(**JIT)
+@numba.njit(**_ATTN_JIT)
 def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, scale, window, out):
     """Attention of query tokens ``i0 .. i0+nq`` of one sequence, every query head.
 
@@ -210,7 +216,7 @@ def _attend_tile(q, k_cache, v_cache, table, ctx, row0, q_len, i0, nq, scale, wi
     return _OK
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **_ATTN_JIT)
 def _chunk_rows(table, num_blocks, block_size, kv_heads, head_dim, c, j_start, c_end, koff):
     """koff[g, j - c] = the flat cache offset of key j's head-g row, j in [j_start, c_end); False on a bad block."""
     j = j_start
@@ -228,7 +234,7 @@ def _chunk_rows(table, num_blocks, block_size, kv_heads, head_dim, c, j_start, c
     return True
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **_ATTN_JIT)
 def _prefetch_keys(table, num_blocks, k_cache, v_cache, j0, j1):
     """Prefetch every KV head's K and V rows of keys [j0, j1) into L2 (contiguous runs; bad blocks skipped)."""
     block_size = k_cache.shape[1]
@@ -245,7 +251,7 @@ def _prefetch_keys(table, num_blocks, k_cache, v_cache, j0, j1):
         j = run_end
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **_ATTN_JIT)
 def _value_rows(acc, r0, count, s, v_cache, koff, a, e):
     """acc[r0 + i] += Σ_{a <= k < e} s[r0 + i, k] · V(koff[k]) for i < count, up to 4 rows per pass."""
     r = r0
@@ -268,7 +274,7 @@ def _value_rows(acc, r0, count, s, v_cache, koff, a, e):
 _BAD_BLOCK_STATUS = -(1 << 62)
 
 
-@numba.njit(**JIT)
+@numba.njit(**_ATTN_JIT)
 def _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q):
     """The (sequence, first query token) work items, and the sequences left to torch.
 
@@ -305,7 +311,7 @@ def _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q):
     return items, skipped
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **_ATTN_JIT)
 def _prefetch_start(k_cache, v_cache, cu, seq_lens, tables, window, items, w):
     """Prefetch the keys of item w's first PREFETCH_CHUNKS chunks (its first query token's visible ones)."""
     b, i0 = items[w, 0], items[w, 1]
@@ -315,7 +321,7 @@ def _prefetch_start(k_cache, v_cache, cu, seq_lens, tables, window, items, w):
     _prefetch_keys(tables[b], k_cache.shape[0], k_cache, v_cache, first, end)
 
 
-@numba.njit(**JIT)
+@numba.njit(**_ATTN_JIT)
 def _attend_item(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, out, items, w):
     if w == 0:
         _prefetch_start(k_cache, v_cache, cu, seq_lens, tables, window, items, w)
@@ -333,7 +339,7 @@ def _attend_item(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, out, 
 # Both return the number of sequences left to torch (>= 0); ``-1 - b`` when sequence b's
 # offsets, length or table width are inconsistent (nothing computed); or
 # ``_BAD_BLOCK_STATUS`` when a visible key's block-table entry is outside the cache.
-@numba.njit(**JIT)
+@numba.njit(**_ATTN_JIT)
 def _attention_serial(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_min_q, out):
     items, skipped = _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q)
     if skipped < 0:
@@ -344,7 +350,7 @@ def _attention_serial(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, 
     return skipped
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **_ATTN_JIT)
 def _attention_parallel(q, k_cache, v_cache, cu, seq_lens, tables, scale, window, torch_min_q, out):
     items, skipped = _work_items(q, k_cache, cu, seq_lens, tables, torch_min_q)
     if skipped < 0:

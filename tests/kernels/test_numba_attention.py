@@ -6,8 +6,12 @@ released from the table (entry -1) — holds NaN, so a kernel that reads one sho
 """
 
 import math
+import os
+import subprocess
+import sys
 
 import numba
+import numpy as np
 import pytest
 import torch
 
@@ -260,3 +264,38 @@ def test_threaded_and_single_thread_drivers_are_bit_identical(monkeypatch):
         monkeypatch.setattr(numba_attention, "PARALLEL_MIN_ROWS", rows)
         outs.append(numba_attention.paged_attention(q, k_cache, v_cache, cu, lens, tables, 0.25))
     assert torch.equal(outs[0], outs[1])
+
+
+_FRESH_OR_CACHED = """
+import sys
+import numpy as np
+import torch
+from rusteeze.kernels.numba_attention import paged_attention
+g = torch.Generator().manual_seed(0)
+kc, vc = torch.randn(16, 16, 3, 64, generator=g), torch.randn(16, 16, 3, 64, generator=g)
+lens = torch.tensor([130, 77, 5, 64, 33, 100], dtype=torch.int32)
+tables = torch.stack([torch.randperm(16, generator=g)[:9] for _ in range(6)]).to(torch.int32)
+q = torch.randn(6, 9, 64, generator=g)  # one decode token per sequence
+out = paged_attention(q, kc, vc, torch.arange(7, dtype=torch.int32), lens, tables, 0.125)
+q2 = torch.randn(5, 9, 64, generator=g)  # a 5-token tile of sequence 0
+out2 = paged_attention(q2, kc, vc, torch.tensor([0, 5], dtype=torch.int32), lens[:1], tables[:1], 0.125)
+np.save(sys.argv[1], np.concatenate([out.numpy().ravel(), out2.numpy().ravel()]))
+"""
+
+
+def test_fresh_compile_and_cached_code_give_the_same_bits(tmp_path):
+    """The first run after an install (compiling) and later runs (loading Numba's cache) agree bit for bit.
+
+    With reassociation on, the two builds grouped float32 sums differently (1 ulp apart), so a greedy near-tie
+    could decode differently on the first run.
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    outs = []
+    for run in ("fresh", "cached"):
+        path = tmp_path / f"{run}.npy"
+        result = subprocess.run(
+            [sys.executable, "-c", _FRESH_OR_CACHED, str(path)], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outs.append(np.load(path))
+    assert np.array_equal(outs[0], outs[1])
