@@ -19,9 +19,10 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smollm2_loaded(smollm2_gguf_path):
-    return load_model_from_path(smollm2_gguf_path, device="cpu", kernel_backend="torch")
+@pytest.fixture(scope="module", params=["torch", "numba"])
+def smollm2_loaded(request, smollm2_gguf_path):
+    """The model on the reference backend, and on the default CPU one (Numba: int16 activations, fused steps)."""
+    return load_model_from_path(smollm2_gguf_path, device="cpu", kernel_backend=request.param)
 
 
 def chat_all(engine, params):
@@ -37,7 +38,8 @@ def test_batched_cached_and_preempted_greedy_equals_one_at_a_time(smollm2_loaded
     params = SamplingParams(temperature=0, max_tokens=8)
 
     def engine(**kw):
-        config = EngineConfig(model=smollm2_gguf_path, kernel_backend="torch", device="cpu", **kw)
+        backend = smollm2_loaded.kernel_backend
+        config = EngineConfig(model=smollm2_gguf_path, kernel_backend=backend, device="cpu", **kw)
         return Engine(config, loaded=smollm2_loaded)
 
     plain = engine(enable_prefix_caching=False, max_num_seqs=1, max_model_len=64, kv_cache_memory="16MiB")
